@@ -185,4 +185,8 @@ d = { 'settings': { 'branch': 'main',
                                'marble_nb.ops._outer': ('ops.html#_outer', 'marble_nb/ops.py'),
                                'marble_nb.ops.index_dtype': ('ops.html#index_dtype', 'marble_nb/ops.py'),
                                'marble_nb.ops.numel': ('ops.html#numel', 'marble_nb/ops.py'),
-                               'marble_nb.ops.operator_from_state': ('ops.html#operator_from_state', 'marble_nb/ops.py')}}}
+                               'marble_nb.ops.operator_from_state': ('ops.html#operator_from_state', 'marble_nb/ops.py')},
+            'marble_nb.tour': { 'marble_nb.tour.cnn_graph': ('tour.html#cnn_graph', 'marble_nb/tour.py'),
+                                'marble_nb.tour.main': ('tour.html#main', 'marble_nb/tour.py'),
+                                'marble_nb.tour.small_cnn': ('tour.html#small_cnn', 'marble_nb/tour.py'),
+                                'marble_nb.tour.tour': ('tour.html#tour', 'marble_nb/tour.py')}}}
