@@ -1,0 +1,145 @@
+"""Logic gate networks: training-step speed/memory and packed inference throughput, as ratios.
+
+Every figure is measured in this run, each candidate in its own fresh process (one after the other,
+never concurrently), as the median of several repeats:
+
+- training step (forward + backward), 4 layers x 64,000 gates on 2x34x34 binary inputs, batch 128,
+  2 threads: marble_nb's `LogicLayer` against (a) the 16-output formulation from the paper's
+  formulas (`implementation="python"`, difflogic's portable path) and (b) torchlogix's `LogicDense`
+  (skipped with a message when torchlogix is not installed; install it with
+  `pip install --no-deps torchlogix`). Goals: >= 10x faster than (a), >= 2x faster than (b),
+  <= 1/8 of (a)'s extra peak memory.
+- packed inference, 784 inputs -> 4 x 8,000 gates -> GroupSum(10), one thread, bool inputs
+  (packing included): samples/s of `compile_logic` (pure PyTorch and generated C) against the float
+  eval path. Goals: >= 1,000,000 samples/s and >= 100x the float eval path.
+
+Run: `python benchmarks/logic.py [--part train|packed|all] [--width 64000] [--repeats 5]`.
+The training part needs about 7 GB for baseline (a): run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+
+def _rss_mb() -> float:
+    "Current resident set size of this process in MiB."
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _peak_mb() -> float:
+    "Peak resident set size of this process so far in MiB."
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _import_torchlogix_layers():
+    "torchlogix.layers without the package __init__ (its circuit module needs Python >= 3.12)."
+    spec = importlib.util.find_spec("torchlogix")
+    if spec is None:
+        return None
+    package = types.ModuleType("torchlogix")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["torchlogix"] = package
+    return importlib.import_module("torchlogix.layers")
+
+
+def _logic_stack(candidate: str, in_dim: int, width: int, depth: int, k: int, tau: float):
+    "The layer stack of one candidate: 'fast', 'python' (16 outputs) or 'torchlogix'."
+    import torch
+
+    if candidate == "torchlogix":
+        layers = _import_torchlogix_layers()
+        dims = [in_dim] + [width] * depth
+        body = [layers.LogicDense(i, o, device="cpu") for i, o in zip(dims, dims[1:])]
+        return torch.nn.Sequential(torch.nn.Flatten(), *body, layers.GroupSum(k, tau))
+    from marble_nb.logic import GroupSum, LogicLayer
+
+    dims = [in_dim] + [width] * depth
+    body = [LogicLayer(i, o, implementation=candidate, seed=s) for s, (i, o) in enumerate(zip(dims, dims[1:]))]
+    return torch.nn.Sequential(torch.nn.Flatten(), *body, GroupSum(k, tau))
+
+
+def child_train(candidate: str, width: int, batch: int, repeats: int) -> dict:
+    "Median training-step time and extra peak memory of one candidate (runs in a fresh process)."
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = _logic_stack(candidate, 2 * 34 * 34, width, 4, 10, tau=width / 100)
+    x = (torch.rand(batch, 2, 34, 34) < 0.3).float()
+    labels = torch.randint(0, 10, (batch,))
+    rss_before = _rss_mb()
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        F.cross_entropy(model(x), labels).backward()
+        elapsed = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        if i:  # the first step warms up allocator and caches
+            times.append(elapsed)
+    return {"seconds": statistics.median(times), "extra_peak_mb": _peak_mb() - rss_before}
+
+
+def _run_child(part: str, candidate: str, **kwargs) -> dict | None:
+    "Run one measurement in a fresh Python process; None (with the reason printed) if it failed."
+    cmd = [sys.executable, __file__, "--child", part, "--candidate", candidate, "--kwargs", json.dumps(kwargs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        print(f"  {candidate}: failed\n{proc.stderr.strip().splitlines()[-1] if proc.stderr else ''}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_train(width: int, batch: int, repeats: int):
+    "Training step: marble_nb fast layer vs the 16-output formulation and torchlogix."
+    print(f"== training step: 4 x {width} gates, input 2x34x34, batch {batch}, 2 threads, median of {repeats}")
+    results = {}
+    for candidate in ("fast", "python", "torchlogix"):
+        if candidate == "torchlogix" and importlib.util.find_spec("torchlogix") is None:
+            print("  torchlogix: not installed, baseline (b) skipped (pip install --no-deps torchlogix)")
+            continue
+        results[candidate] = _run_child("train", candidate, width=width, batch=batch, repeats=repeats)
+    fast = results.get("fast")
+    for name, label in (("python", "(a) 16-output"), ("torchlogix", "(b) torchlogix")):
+        base = results.get(name)
+        if fast and base:
+            print(
+                f"  {label:15s} {base['seconds']:.3f} s  {base['extra_peak_mb']:7.0f} MiB | marble_nb "
+                f"{fast['seconds']:.3f} s {fast['extra_peak_mb']:6.0f} MiB | speed-up "
+                f"{base['seconds'] / fast['seconds']:.2f}x  memory ratio {fast['extra_peak_mb'] / base['extra_peak_mb']:.3f}"
+            )
+
+
+CHILDREN = {"train": child_train}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["train", "packed", "all"], default="all")
+    parser.add_argument("--width", type=int, default=64000, help="gates per layer in the training benchmark")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--candidate", help=argparse.SUPPRESS)
+    parser.add_argument("--kwargs", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args.candidate, **json.loads(args.kwargs))))
+        return
+    if args.part in ("train", "all"):
+        bench_train(args.width, args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
