@@ -5,6 +5,7 @@
 # %% ../nbs/20_logic.ipynb #6891e53c
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -13,7 +14,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['GATE_NAMES', 'PASS_THROUGH_GATE', 'gate_truth_tables', 'gate_coefficients', 'relaxed_gates', 'random_connections',
-           'unique_connections', 'fan_out', 'LogicGateFunction', 'initial_logits', 'LogicLayer', 'GroupSum']
+           'unique_connections', 'fan_out', 'LogicGateFunction', 'initial_logits', 'LogicLayer', 'GroupSum',
+           'tree_leaves', 'LogicConv2d', 'OrPool2d', 'from_difflogic']
 
 # %% ../nbs/20_logic.ipynb #a5a0a4a0
 GATE_NAMES = (
@@ -279,3 +281,154 @@ class GroupSum(nn.Module):
 
     def extra_repr(self) -> str:
         return f"k={self.k}, tau={self.tau}"
+
+# %% ../nbs/20_logic.ipynb #2af11149
+def tree_leaves(
+    in_channels: int, out_channels: int, kernel_size: int, depth: int, channels_per_tree: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:  # fmt: skip
+    "Leaf positions [out_channels, 2^depth] in the flattened (channel, ky, kx) receptive field."
+    field = kernel_size * kernel_size
+    chosen = torch.stack(
+        [torch.randperm(in_channels, generator=generator)[:channels_per_tree] for _ in range(out_channels)]
+    )  # [out, channels_per_tree]
+    size = chosen.shape[1] * field  # candidate positions of one tree
+    q = torch.randint(0, size, (out_channels, 2**depth), generator=generator)
+    if size > 1:  # a leaf-level gate never reads the same position twice
+        a, b = q[:, 0::2], q[:, 1::2]
+        b = torch.where(a == b, (a + torch.randint(1, size, b.shape, generator=generator)) % size, b)
+        q = torch.stack([a, b], dim=-1).flatten(1)
+    return chosen.gather(1, q // field) * field + q % field
+
+
+def _mix(a: torch.Tensor, b: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    "c0 + c1*a + c2*b + c3*a*b with coefficients broadcast on the last axis of `coef`."
+    c0, c1, c2, c3 = coef.unbind(-1)
+    return c0 + c1 * a + (c2 + c3 * a) * b
+
+
+class LogicConv2d(nn.Module):
+    "Logic-gate tree kernels over k×k receptive fields, gates shared across positions."
+
+    def __init__(
+        self,
+        in_channels: int,  # input channels
+        out_channels: int,  # output channels: one gate tree each
+        kernel_size: int = 3,  # receptive field is kernel_size × kernel_size
+        depth: int = 3,  # tree depth: 2^depth leaves, 2^depth − 1 gates per tree
+        stride: int = 1,  # step between receptive fields
+        padding: int = 0,  # zero (logical false) padding on each side
+        channels_per_tree: int = 2,  # input channels a tree's leaves are drawn from
+        device: torch.device | str | None = None,  # where logits and leaves live
+        grad_factor: float = 1.0,  # multiplies the gradient passed back to the inputs
+        seed: int | None = None,  # seeds leaves and initial logits
+        init: str = "random",  # "random" or "residual" logits, as in LogicLayer
+        residual_logit: float = 5.0,  # logit of gate A under init="residual"
+    ):
+        super().__init__()
+        if min(in_channels, out_channels, kernel_size, depth, stride, channels_per_tree) < 1 or padding < 0:
+            raise ValueError("channels, kernel_size, depth, stride and channels_per_tree must be >= 1, padding >= 0")
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.depth, self.stride, self.padding, self.grad_factor = depth, stride, padding, grad_factor
+        per_tree = min(channels_per_tree, in_channels)
+        leaves = tree_leaves(in_channels, out_channels, kernel_size, depth, per_tree, generator)
+        self.register_buffer("leaves", leaves.to(device))
+        logits = initial_logits(out_channels * (2**depth - 1), init, generator, residual_logit)
+        self.weights = nn.Parameter(logits.view(out_channels, 2**depth - 1, 16).to(device))
+
+    def gate_ids(self) -> torch.Tensor:
+        "The hard gate of every tree node [out_channels, 2^depth − 1]."
+        return self.weights.argmax(-1)
+
+    def coefficients(self) -> torch.Tensor:
+        "Per-node coefficients [out_channels, 2^depth − 1, 4] (softmax mixture in training, argmax in eval)."
+        table = gate_coefficients(self.weights.dtype).to(self.weights.device)
+        return F.softmax(self.weights, dim=-1) @ table if self.training else table[self.gate_ids()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "Outputs [batch, out_channels, H', W'] for inputs [batch, in_channels, H, W] in [0, 1]."
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"LogicConv2d expects [batch, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            x = x.to(self.weights.dtype)
+        x = _scale_grad(x, self.grad_factor)
+        h, w = (
+            (size + 2 * self.padding - self.kernel_size) // self.stride + 1 for size in x.shape[2:]
+        )  # fmt: skip
+        if h < 1 or w < 1:
+            raise ValueError(f"input {tuple(x.shape[2:])} is smaller than the {self.kernel_size}x{self.kernel_size} kernel")
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # [B, C*k*k, L]
+        values = cols[:, self.leaves.flatten()].unflatten(1, self.leaves.shape)  # [B, out, 2^depth, L]
+        coef, start = self.coefficients().to(x.dtype), 0
+        while values.shape[2] > 1:
+            width = values.shape[2] // 2
+            level = coef[:, start : start + width].unsqueeze(-2)  # [out, width, 1, 4]
+            values = _mix(values[:, :, 0::2], values[:, :, 1::2], level)
+            start += width
+        return values.view(x.shape[0], self.out_channels, h, w)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, depth={self.depth}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+
+
+class OrPool2d(nn.Module):
+    "Logical-OR pooling: the maximum over each window (the max t-conorm; exactly OR on 0/1)."
+
+    def __init__(
+        self,
+        kernel_size: int = 2,  # window size
+        stride: int | None = None,  # step between windows (default: kernel_size)
+        padding: int = 0,  # implicit false padding
+    ):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+# %% ../nbs/20_logic.ipynb #320877bf
+def _is_difflogic_layer(module: nn.Module) -> bool:
+    "Whether `module` looks like difflogic's LogicLayer."
+    return all(hasattr(module, name) for name in ("weights", "indices", "in_dim", "out_dim"))
+
+
+def _convert_difflogic_module(module: nn.Module) -> nn.Module:
+    "This package's equivalent of one difflogic module (other modules are copied)."
+    if isinstance(module, (LogicLayer, GroupSum)):
+        return copy.deepcopy(module)
+    if _is_difflogic_layer(module):
+        weights = module.weights.detach()
+        if tuple(weights.shape) != (module.out_dim, 16):
+            raise ValueError(f"{type(module).__name__}.weights must be [out_dim, 16], got {tuple(weights.shape)}")
+        connections = getattr(module, "connections", "random")
+        layer = LogicLayer(
+            module.in_dim, module.out_dim, device=weights.device, grad_factor=getattr(module, "grad_factor", 1.0),
+            connections=connections if connections in _CONNECTIONS else "random",
+        )  # fmt: skip
+        with torch.no_grad():
+            layer.weights.copy_(weights)
+        layer.indices = module.indices
+        return layer
+    if hasattr(module, "k") and hasattr(module, "tau"):
+        return GroupSum(module.k, module.tau)
+    if isinstance(module, nn.Sequential):
+        return nn.Sequential(*(_convert_difflogic_module(m) for m in module))
+    if type(module).__module__.startswith("torch.nn"):
+        return copy.deepcopy(module)
+    raise TypeError(
+        f"from_difflogic cannot convert {type(module).__name__}: expected difflogic LogicLayer/GroupSum, "
+        "nn.Sequential or a torch.nn module"
+    )
+
+
+def from_difflogic(model: nn.Module) -> nn.Module:
+    "Convert a difflogic model (LogicLayer/GroupSum, possibly in nn.Sequential) to marble_nb's classes."
+    converted = _convert_difflogic_module(model)
+    return converted.train(model.training)
