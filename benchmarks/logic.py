@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import types
+from itertools import pairwise
 
 
 def _rss_mb() -> float:
@@ -60,12 +61,12 @@ def _logic_stack(candidate: str, in_dim: int, width: int, depth: int, k: int, ta
     if candidate == "torchlogix":
         layers = _import_torchlogix_layers()
         dims = [in_dim] + [width] * depth
-        body = [layers.LogicDense(i, o, device="cpu") for i, o in zip(dims, dims[1:])]
+        body = [layers.LogicDense(i, o, device="cpu") for i, o in pairwise(dims)]
         return torch.nn.Sequential(torch.nn.Flatten(), *body, layers.GroupSum(k, tau))
     from marble_nb.logic import GroupSum, LogicLayer
 
     dims = [in_dim] + [width] * depth
-    body = [LogicLayer(i, o, implementation=candidate, seed=s) for s, (i, o) in enumerate(zip(dims, dims[1:]))]
+    body = [LogicLayer(i, o, implementation=candidate, seed=s) for s, (i, o) in enumerate(pairwise(dims))]
     return torch.nn.Sequential(torch.nn.Flatten(), *body, GroupSum(k, tau))
 
 
@@ -117,11 +118,60 @@ def bench_train(width: int, batch: int, repeats: int):
             print(
                 f"  {label:15s} {base['seconds']:.3f} s  {base['extra_peak_mb']:7.0f} MiB | marble_nb "
                 f"{fast['seconds']:.3f} s {fast['extra_peak_mb']:6.0f} MiB | speed-up "
-                f"{base['seconds'] / fast['seconds']:.2f}x  memory ratio {fast['extra_peak_mb'] / base['extra_peak_mb']:.3f}"
+                f"{base['seconds'] / fast['seconds']:.2f}x  memory ratio "
+                f"{fast['extra_peak_mb'] / base['extra_peak_mb']:.3f}"
             )
 
 
-CHILDREN = {"train": child_train}
+def child_packed(candidate: str, n: int, repeats: int) -> dict:
+    "Samples/s of one inference path on bool inputs, one thread (runs in a fresh process)."
+    import torch
+
+    from marble_nb.logic_compile import compile_logic
+
+    torch.set_num_threads(1)
+    model = _logic_stack("fast", 784, 8000, 4, 10, tau=10.0).eval()
+    x = torch.rand(n, 784, generator=torch.Generator().manual_seed(0)) < 0.5
+    if candidate == "float":
+        run = lambda: model(x.float())  # noqa: E731
+    else:
+        start = time.perf_counter()
+        compiled = compile_logic(model, backend=candidate)
+        build = time.perf_counter() - start
+        with torch.no_grad():
+            check = x[:1000]
+            identical = torch.equal(compiled(check), model(check.float()))
+        run = lambda: compiled(x)  # noqa: E731
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    result = {"samples_per_s": n / statistics.median(times[1:])}
+    if candidate != "float":
+        result.update(identical=identical, build_s=build)
+    return result
+
+
+def bench_packed(repeats: int):
+    "Packed inference (bool input, packing included) vs the float eval path, one thread."
+    print(f"== packed inference: 784 -> 4 x 8000 gates -> GroupSum(10), bool input, 1 thread, median of {repeats}")
+    float_eval = _run_child("packed", "float", n=2048, repeats=repeats)
+    if float_eval is None:
+        return
+    print(f"  float eval path      {float_eval['samples_per_s']:12,.0f} samples/s   1.0x")
+    for backend, n in (("torch", 65536), ("c", 262144)):
+        res = _run_child("packed", backend, n=n, repeats=repeats)
+        if res:
+            print(
+                f"  packed, {backend:5s} backend {res['samples_per_s']:12,.0f} samples/s "
+                f"{res['samples_per_s'] / float_eval['samples_per_s']:7.1f}x  (identical to float eval: "
+                f"{res['identical']}, compile {res['build_s']:.1f} s)"
+            )
+
+
+CHILDREN = {"train": child_train, "packed": child_packed}
 
 
 def main():
@@ -137,6 +187,8 @@ def main():
     if args.child:
         print(json.dumps(CHILDREN[args.child](args.candidate, **json.loads(args.kwargs))))
         return
+    if args.part in ("packed", "all"):
+        bench_packed(args.repeats)
     if args.part in ("train", "all"):
         bench_train(args.width, args.batch, args.repeats)
 

@@ -119,6 +119,12 @@ def _sum_uses(rows: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor) ->
     return F.embedding_bag(order, rows, offsets, mode="sum")
 
 
+def _graph_kept() -> bool:
+    "Whether the running backward pass keeps the graph (retain_graph=True); True when PyTorch cannot tell."
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if probe is None else bool(probe())
+
+
 class LogicGateFunction(torch.autograd.Function):
     "Relaxed logic gates y = c0 + c1*a + c2*b + c3*a*b with a = x[:, wiring[0]], b = x[:, wiring[1]]."
 
@@ -137,16 +143,24 @@ class LogicGateFunction(torch.autograd.Function):
         a, b, coef, order_a, offsets_a, order_b, offsets_b = ctx.saved_tensors
         g = _feature_major(grad_out)
         c0, c1, c2, c3 = coef.to(g.dtype).unsqueeze(-1).unbind(1)
-        ga, gb = a * g, b * g  # become the gradient rows of b and a below
+        consume = not _graph_kept()  # the saved inputs are not needed again: reuse their memory
+        ga = a.mul_(g) if consume else a * g  # g*a, later the gradient rows of b
+        g_ab = torch.einsum("nb,nb->n", ga, b) if ctx.needs_input_grad[1] else None
+        gb = b.mul_(g) if consume else b * g  # g*b, later the gradient rows of a
         grad_coef = None
         if ctx.needs_input_grad[1]:
-            grad_coef = torch.stack([g.sum(1), ga.sum(1), gb.sum(1), torch.einsum("nb,nb->n", ga, b)], 1)
+            grad_coef = torch.stack([g.sum(1), ga.sum(1), gb.sum(1), g_ab], 1).to(coef.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_b = ga.mul_(c3).addcmul_(g, c2).mul_(ctx.grad_factor)  # g*(c2 + c3*a)
-            grad_a = gb.mul_(c3).addcmul_(g, c1).mul_(ctx.grad_factor)  # g*(c1 + c3*b)
-            grad_x = _sum_uses(grad_a, order_a, offsets_a).add_(_sum_uses(grad_b, order_b, offsets_b)).t()
-        return grad_x, None if grad_coef is None else grad_coef.to(coef.dtype), None, None, None
+            grad_a = gb.mul_(c3).addcmul_(g, c1)  # g*(c1 + c3*b)
+            grad_x = _sum_uses(grad_a, order_a, offsets_a)
+            del grad_a, gb
+            grad_b = ga.mul_(c3).addcmul_(g, c2)  # g*(c2 + c3*a)
+            grad_x.add_(_sum_uses(grad_b, order_b, offsets_b))
+            if ctx.grad_factor != 1.0:
+                grad_x.mul_(ctx.grad_factor)
+            grad_x = grad_x.t()
+        return grad_x, grad_coef, None, None, None
 
 # %% ../nbs/20_logic.ipynb #2645b4ad
 _IMPLEMENTATIONS = ("fast", "python")
@@ -357,7 +371,8 @@ class LogicConv2d(nn.Module):
             (size + 2 * self.padding - self.kernel_size) // self.stride + 1 for size in x.shape[2:]
         )  # fmt: skip
         if h < 1 or w < 1:
-            raise ValueError(f"input {tuple(x.shape[2:])} is smaller than the {self.kernel_size}x{self.kernel_size} kernel")
+            k = self.kernel_size
+            raise ValueError(f"input {tuple(x.shape[2:])} is smaller than the {k}x{k} kernel (with padding)")
         cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # [B, C*k*k, L]
         values = cols[:, self.leaves.flatten()].unflatten(1, self.leaves.shape)  # [B, out, 2^depth, L]
         coef, start = self.coefficients().to(x.dtype), 0

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .logic import GroupSum, LogicLayer, gate_truth_tables
+from .logic import GroupSum, LogicLayer
 
 log = logging.getLogger("marble_nb")
 
@@ -66,7 +66,7 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
     packed = grouped[:, 0].clone()
     for j in range(1, 8):
         packed |= grouped[:, j] << j
-    words = packed.t().contiguous().view(torch.int64)  # 8 consecutive bytes → one word
+    words = packed.t().reshape(-1).view(torch.int64).view(d, -1)  # 8 consecutive bytes → one word
     return words if sys.byteorder == "little" else words.view(torch.uint8).flip(-1).view(torch.int64)
 
 
@@ -125,7 +125,7 @@ def _runs(gates: torch.Tensor) -> list[tuple[int, int, int]]:
     "(gate, start, end) for every run of equal values in a sorted gate tensor."
     values, counts = torch.unique_consecutive(gates, return_counts=True)
     ends = torch.cumsum(counts, 0)
-    return [(int(v), int(e - c), int(e)) for v, c, e in zip(values, counts, ends)]
+    return [(int(v), int(e - c), int(e)) for v, c, e in zip(values, counts, ends, strict=True)]
 
 
 def regroup(
@@ -257,7 +257,8 @@ static void count_group(const w_t *rows, int64_t m, int64_t n, int64_t first, in
       const w_t w = P[l][j];
       for (int bit = 0; bit < 64; bit++) total[bit] += (uint32_t)((w >> bit) & 1) << l;
     }
-    for (int bit = 0; bit < 64 && first + j * 64 + bit < n; bit++) counts[(first + j * 64 + bit) * k + c] = (int32_t)total[bit];
+    for (int bit = 0; bit < 64 && first + j * 64 + bit < n; bit++)
+      counts[(first + j * 64 + bit) * k + c] = (int32_t)total[bit];
   }
 }
 
@@ -331,7 +332,9 @@ def build_c_library(source: str, compiler: str | None = None) -> Path:
     "Compile `source` to a shared library (cached by hash); raises RuntimeError when it cannot."
     compiler = compiler or find_c_compiler()
     if compiler is None or shutil.which(compiler) is None:
-        raise RuntimeError(f"no C compiler found (got {compiler!r}); set $CC or install gcc/clang, or use backend='torch'")
+        raise RuntimeError(
+            f"no C compiler found (got {compiler!r}); set $CC or install gcc/clang, or use backend='torch'"
+        )
     digest = hashlib.sha256("\0".join([source, compiler, *C_FLAGS]).encode()).hexdigest()[:24]
     target = _cache_dir() / f"logic_{digest}.so"
     if target.exists():
