@@ -30,7 +30,7 @@ export: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check marble_nb tests benchmarks scripts
-	$(BIN)/ruff format --check marble_nb tests benchmarks scripts
+	$(BIN)/ruff format --check nbs tests benchmarks
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

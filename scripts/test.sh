@@ -15,9 +15,9 @@ if [ -n "$(git status --porcelain -- nbs marble_nb)" ]; then
     exit 1
 fi
 
-step "ruff (lint + format) on exported code, tests, benchmarks"
+step "ruff: lint exported code, tests, benchmarks; format of notebooks, tests, benchmarks"
 ruff check marble_nb tests benchmarks scripts
-ruff format --check marble_nb tests benchmarks scripts
+ruff format --check nbs tests benchmarks
 
 step "nbdev_test nbs/"
 nbdev_test --path nbs
