@@ -12,16 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kinds import GATE_COEFFICIENTS
+
 # %% auto #0
-__all__ = ['GATE_NAMES', 'PASS_THROUGH_GATE', 'gate_truth_tables', 'gate_coefficients', 'relaxed_gates', 'random_connections',
+__all__ = ['PASS_THROUGH_GATE', 'gate_truth_tables', 'gate_coefficients', 'relaxed_gates', 'random_connections',
            'unique_connections', 'fan_out', 'LogicGateFunction', 'initial_logits', 'LogicLayer', 'GroupSum',
            'tree_leaves', 'LogicConv2d', 'OrPool2d', 'from_difflogic']
 
 # %% ../nbs/20_logic.ipynb #a5a0a4a0
-GATE_NAMES = (
-    "FALSE", "AND", "A_AND_NOT_B", "A", "NOT_A_AND_B", "B", "XOR", "OR",
-    "NOR", "XNOR", "NOT_B", "A_OR_NOT_B", "NOT_A", "NOT_A_OR_B", "NAND", "TRUE",
-)  # fmt: skip
 PASS_THROUGH_GATE = 3  # gate "A": output = first input, the residual-initialisation target
 
 
@@ -34,8 +32,7 @@ def gate_truth_tables() -> torch.Tensor:
 # %% ../nbs/20_logic.ipynb #d299c075
 def gate_coefficients(dtype: torch.dtype = torch.float32) -> torch.Tensor:
     "The fixed [16, 4] matrix M: gate g's relaxation is M[g,0] + M[g,1]*a + M[g,2]*b + M[g,3]*a*b."
-    f00, f01, f10, f11 = gate_truth_tables().to(dtype).unbind(1)
-    return torch.stack([f00, f10 - f00, f01 - f00, f11 - f10 - f01 + f00], dim=1)
+    return GATE_COEFFICIENTS.to(dtype)
 
 # %% ../nbs/20_logic.ipynb #8969c1de
 def relaxed_gates(

@@ -20,14 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .graph import Graph, GraphBuilder
 from .logic import GroupSum, LogicLayer
+from .ops import Gather
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
 __all__ = ['log', 'GATE_EXPRESSIONS', 'C_FLAGS', 'BACKENDS', 'apply_gate', 'pack_bits', 'unpack_bits', 'hard_layers',
            'PackedLayer', 'regroup', 'count_bits', 'c_source', 'find_c_compiler', 'build_c_library', 'CompiledLogic',
-           'compile_logic']
+           'compile_logic', 'add_logic_layer', 'add_group_sum', 'logic_to_marble']
 
 # %% ../nbs/21_logic_compile.ipynb #7cec4b74
 GATE_EXPRESSIONS = (
@@ -473,3 +475,60 @@ def compile_logic(
         if backend == "torch":
             log.info("compile_logic: no C compiler found, using the PyTorch backend")
     return CompiledLogic(packed, out_order, in_dim, head, dtype, backend)
+
+# %% ../nbs/21_logic_compile.ipynb #9c3c4066
+def add_logic_layer(
+    builder: GraphBuilder,  # graph under construction
+    src: str,  # group feeding the layer (its flattened neurons are the layer's inputs)
+    layer: LogicLayer,  # the layer; its argmax gates are used
+    name: str | None = None,  # name of the new group (default: logic0, logic1, ...)
+    origin: str = "",  # PyTorch module path, recorded on the group
+) -> str:
+    "Add a group of `logic` neurons (gate ids in params['gate']) wired to `src` by slots A and B."
+    if builder.graph.group(src).size != layer.in_dim:
+        raise ValueError(
+            f"LogicLayer expects {layer.in_dim} inputs but group {src!r} has {builder.graph.group(src).size} neurons"
+        )
+    gates = layer.gate_ids().detach().cpu()
+    dst = builder.group(layer.out_dim, "logic", name, params={"gate": gates}, origin=origin, origin_type="LogicLayer")
+    one = torch.tensor(1.0)
+    for slot, index in enumerate(layer.wiring.detach().cpu()):
+        builder.connect(src, dst, Gather(index.clone(), one), slot=slot)
+    return dst
+
+
+def add_group_sum(
+    builder: GraphBuilder,  # graph under construction
+    src: str,  # group of gate outputs to sum
+    head: GroupSum,  # the GroupSum module
+    name: str = "scores",  # name of the score group (the counts group is called `{name}_counts`)
+    origin: str = "",  # PyTorch module path, recorded on the groups
+) -> str:
+    "Add GroupSum as exact per-class counts (weight-1 synapses) and scores = counts / tau."
+    n = builder.graph.group(src).size
+    if n % head.k:
+        raise ValueError(f"GroupSum(k={head.k}) cannot split group {src!r} of {n} neurons into equal groups")
+    members = torch.arange(n)
+    counts = builder.group(head.k, "identity", f"{name}_counts", origin=origin, origin_type="GroupSum")
+    builder.sparse(src, counts, members, members // (n // head.k), torch.ones(n))
+    scores = builder.group(head.k, "identity", name, origin=origin, origin_type="GroupSum")
+    builder.connect(counts, scores, Gather(torch.arange(head.k), torch.tensor(1.0 / head.tau)))
+    return scores
+
+
+def logic_to_marble(
+    model: nn.Module,  # a LogicLayer, or a Sequential of Flatten / LogicLayer / final GroupSum
+    name: str = "logic",  # graph name
+) -> Graph:
+    "The hard (eval-mode) logic network as a MARBLE graph of `logic` neurons with A/B synapses."
+    hard_layers(model)  # validates the structure with clear errors
+    builder = GraphBuilder(name)
+    first = next(m for _, m in _leaf_modules(model) if isinstance(m, LogicLayer))
+    current = builder.input(first.in_dim)
+    for path, module in _leaf_modules(model):
+        if isinstance(module, LogicLayer):
+            current = add_logic_layer(builder, current, module, origin=path)
+        elif isinstance(module, GroupSum):
+            current = add_group_sum(builder, current, module, origin=path)
+    builder.graph.set_outputs(current)
+    return builder.graph

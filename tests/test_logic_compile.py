@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import marble_nb.logic_compile as lc
+from marble_nb.engine import run
 from marble_nb.logic import GroupSum, LogicLayer
 from marble_nb.logic_compile import compile_logic, count_bits, find_c_compiler, pack_bits, unpack_bits
 
@@ -93,3 +94,17 @@ def test_bad_inputs_are_refused():
         compiled.run_words(torch.zeros(8, 1, dtype=torch.int32), 10)
     with pytest.raises(TypeError, match="cannot compile"):
         compile_logic(nn.Sequential(LogicLayer(4, 4), nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize("mode", ["compact", "synapse"])
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), tau=st.sampled_from([1.0, 3.0, 0.3, 8.0]), n=st.integers(1, 300))
+def test_marble_graph_predicts_like_the_network(mode, seed, tau, n):
+    net = random_net([24, 40, 30, 30], k=3, tau=tau, seed=seed)
+    graph = lc.logic_to_marble(net)
+    x = (torch.rand(n, 24) < 0.5).float()
+    expected = net(x)
+    scores = run(graph, x, mode=mode)
+    assert torch.equal(scores.argmax(-1), expected.argmax(-1))  # ties broken alike: counts are exact
+    torch.testing.assert_close(scores, expected, rtol=1e-6, atol=0)
+    assert graph.num_synapses() == 2 * (40 + 30 + 30) + 30 + 3
