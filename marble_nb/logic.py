@@ -16,8 +16,8 @@ from .kinds import GATE_COEFFICIENTS
 
 # %% auto #0
 __all__ = ['PASS_THROUGH_GATE', 'gate_truth_tables', 'gate_coefficients', 'relaxed_gates', 'random_connections',
-           'unique_connections', 'fan_out', 'LogicGateFunction', 'initial_logits', 'LogicLayer', 'GroupSum',
-           'tree_leaves', 'LogicConv2d', 'OrPool2d', 'from_difflogic']
+           'unique_connections', 'fan_out', 'LogicGateFunction', 'GateLogits', 'initial_logits', 'LogicLayer',
+           'GroupSum', 'tree_leaves', 'LogicConv2d', 'OrPool2d', 'from_difflogic']
 
 # %% ../nbs/20_logic.ipynb #a5a0a4a0
 PASS_THROUGH_GATE = 3  # gate "A": output = first input, the residual-initialisation target
@@ -180,6 +180,19 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return x
 
 
+class GateLogits(nn.Module):
+    "Base of the logic modules: `weights` holds gate logits [..., 16] (difflogic order)."
+
+    def gate_ids(self) -> torch.Tensor:
+        "The hard gate of every node: the argmax of its logits."
+        return self.weights.argmax(-1)
+
+    def coefficients(self) -> torch.Tensor:
+        "Coefficients [..., 4] on (1, a, b, ab): the softmax mixture in training, the argmax gate in eval."
+        table = gate_coefficients(self.weights.dtype).to(self.weights.device)
+        return F.softmax(self.weights, dim=-1) @ table if self.training else table[self.gate_ids()]
+
+
 def initial_logits(out_dim: int, init: str, generator: torch.Generator | None, residual_logit: float = 5.0):
     "Gate logits [out_dim, 16]: N(0, 1) (difflogic) or residual (pass-through gate A favoured)."
     _check_choice("init", init, _INITS)
@@ -190,7 +203,7 @@ def initial_logits(out_dim: int, init: str, generator: torch.Generator | None, r
     return logits
 
 
-class LogicLayer(nn.Module):
+class LogicLayer(GateLogits):
     "`out_dim` learnable two-input logic gates over `in_dim` inputs (difflogic's `LogicLayer`)."
 
     def __init__(
@@ -234,15 +247,6 @@ class LogicLayer(nn.Module):
         if getattr(self, "_fan_out_key", None) != key:
             self._fan_out_cache, self._fan_out_key = fan_out(self.wiring, self.in_dim), key
         return self._fan_out_cache
-
-    def gate_ids(self) -> torch.Tensor:
-        "The hard gate of every neuron (argmax of its logits), difflogic numbering."
-        return self.weights.argmax(-1)
-
-    def coefficients(self) -> torch.Tensor:
-        "Per-neuron [out_dim, 4] coefficients on (1, a, b, ab): softmax mixture in training, argmax gate in eval."
-        table = gate_coefficients(self.weights.dtype).to(self.weights.device)
-        return F.softmax(self.weights, dim=-1) @ table if self.training else table[self.gate_ids()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "Gate outputs [..., out_dim] for inputs [..., in_dim] in [0, 1] (bool/uint8 accepted)."
@@ -318,7 +322,7 @@ def _mix(a: torch.Tensor, b: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return c0 + c1 * a + (c2 + c3 * a) * b
 
 
-class LogicConv2d(nn.Module):
+class LogicConv2d(GateLogits):
     "Logic-gate tree kernels over k×k receptive fields, gates shared across positions."
 
     def __init__(
@@ -347,15 +351,6 @@ class LogicConv2d(nn.Module):
         self.register_buffer("leaves", leaves.to(device))
         logits = initial_logits(out_channels * (2**depth - 1), init, generator, residual_logit)
         self.weights = nn.Parameter(logits.view(out_channels, 2**depth - 1, 16).to(device))
-
-    def gate_ids(self) -> torch.Tensor:
-        "The hard gate of every tree node [out_channels, 2^depth − 1]."
-        return self.weights.argmax(-1)
-
-    def coefficients(self) -> torch.Tensor:
-        "Per-node coefficients [out_channels, 2^depth − 1, 4] (softmax mixture in training, argmax in eval)."
-        table = gate_coefficients(self.weights.dtype).to(self.weights.device)
-        return F.softmax(self.weights, dim=-1) @ table if self.training else table[self.gate_ids()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "Outputs [batch, out_channels, H', W'] for inputs [batch, in_channels, H, W] in [0, 1]."
