@@ -131,22 +131,28 @@ class LogicGateFunction(torch.autograd.Function):
         a, b = xt.index_select(0, wiring[0]), xt.index_select(0, wiring[1])  # [gates, batch] each
         c0, c1, c2, c3 = coef.to(x.dtype).unsqueeze(-1).unbind(1)
         y = torch.addcmul(c2, a, c3).mul_(b).addcmul_(a, c1).add_(c0)
-        ctx.save_for_backward(a, b, coef, *fan_out)
+        if 8 * xt.shape[0] <= 2 * wiring.shape[1]:  # narrow input: keep it and gather again in backward
+            ctx.save_for_backward(xt, wiring, None, None, coef, *fan_out)
+        else:
+            ctx.save_for_backward(None, None, a, b, coef, *fan_out)
         ctx.grad_factor = grad_factor
         return y.t()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        a, b, coef, order_a, offsets_a, order_b, offsets_b = ctx.saved_tensors
+        xt, wiring, a, b, coef, order_a, offsets_a, order_b, offsets_b = ctx.saved_tensors
         g = _feature_major(grad_out)
         c0, c1, c2, c3 = coef.to(g.dtype).unsqueeze(-1).unbind(1)
-        consume = not _graph_kept()  # the saved inputs are not needed again: reuse their memory
+        consume = xt is not None or not _graph_kept()  # a, b not needed again: reuse their memory
+        if xt is not None:
+            a, b = xt.index_select(0, wiring[0]), xt.index_select(0, wiring[1])
         ga = a.mul_(g) if consume else a * g  # g*a, later the gradient rows of b
         g_ab = torch.einsum("nb,nb->n", ga, b) if ctx.needs_input_grad[1] else None
         gb = b.mul_(g) if consume else b * g  # g*b, later the gradient rows of a
         grad_coef = None
         if ctx.needs_input_grad[1]:
-            grad_coef = torch.stack([g.sum(1), ga.sum(1), gb.sum(1), g_ab], 1).to(coef.dtype)
+            ones = g.new_ones(g.shape[1])  # row sums as matrix-vector products: several times faster than sum(1)
+            grad_coef = torch.stack([g @ ones, ga @ ones, gb @ ones, g_ab], 1).to(coef.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_a = gb.mul_(c3).addcmul_(g, c1)  # g*(c1 + c3*b)

@@ -186,10 +186,11 @@ def test_fast_layer_on_cuda_matches_cpu():
     torch.testing.assert_close(cuda(x.cuda()).cpu(), layer(x), atol=1e-6, rtol=1e-6)
 
 
-def test_backward_twice_with_retained_graph():
+@pytest.mark.parametrize("in_dim, out_dim", [(10, 12), (4, 40)])  # saves the gathered pairs / the narrow input
+def test_backward_twice_with_retained_graph(in_dim, out_dim):
     "The in-place reuse of saved inputs only happens when the graph is not retained."
-    layer = LogicLayer(10, 12, seed=0)
-    x = torch.rand(4, 10, requires_grad=True)
+    layer = LogicLayer(in_dim, out_dim, seed=0)
+    x = torch.rand(4, in_dim, requires_grad=True)
     y = layer(x)
     y.sum().backward(retain_graph=True)
     first = (x.grad.clone(), layer.weights.grad.clone())
