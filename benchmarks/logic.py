@@ -20,6 +20,7 @@ The training part needs about 7 GB for baseline (a): run it alone.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import resource
@@ -70,11 +71,22 @@ def _logic_stack(candidate: str, in_dim: int, width: int, depth: int, k: int, ta
     return torch.nn.Sequential(torch.nn.Flatten(), *body, GroupSum(k, tau))
 
 
-def child_train(candidate: str, width: int, batch: int, repeats: int) -> dict:
+def _use_mmap_for_large_blocks() -> bool:
+    "Make glibc serve blocks >= 1 MiB by mmap, so that RSS follows the live tensors (False if not glibc)."
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD
+
+
+def child_train(candidate: str, width: int, batch: int, repeats: int, live_memory: bool = False) -> dict:
     "Median training-step time and extra peak memory of one candidate (runs in a fresh process)."
     import torch
     import torch.nn.functional as F
 
+    if live_memory and not _use_mmap_for_large_blocks():
+        raise RuntimeError("live-memory measurement needs glibc's mallopt")
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = _logic_stack(candidate, 2 * 34 * 34, width, 4, 10, tau=width / 100)
@@ -105,21 +117,30 @@ def _run_child(part: str, candidate: str, **kwargs) -> dict | None:
 def bench_train(width: int, batch: int, repeats: int):
     "Training step: marble_nb fast layer vs the 16-output formulation and torchlogix."
     print(f"== training step: 4 x {width} gates, input 2x34x34, batch {batch}, 2 threads, median of {repeats}")
+    print("   time and extra peak RSS with the default allocator; 'live' = extra peak RSS when glibc mmaps every")
+    print("   block >= 1 MiB (freed memory returns to the OS at once, so RSS follows the live tensors)")
     results = {}
     for candidate in ("fast", "python", "torchlogix"):
         if candidate == "torchlogix" and importlib.util.find_spec("torchlogix") is None:
             print("  torchlogix: not installed, baseline (b) skipped (pip install --no-deps torchlogix)")
             continue
-        results[candidate] = _run_child("train", candidate, width=width, batch=batch, repeats=repeats)
+        timed = _run_child("train", candidate, width=width, batch=batch, repeats=repeats)
+        live = _run_child("train", candidate, width=width, batch=batch, repeats=1, live_memory=True)
+        if timed and live:
+            results[candidate] = {**timed, "live_mb": live["extra_peak_mb"]}
     fast = results.get("fast")
+    if fast:
+        print(
+            f"  marble_nb          {fast['seconds']:7.3f} s  RSS {fast['extra_peak_mb']:6.0f} MiB  "
+            f"live {fast['live_mb']:6.0f} MiB"
+        )
     for name, label in (("python", "(a) 16-output"), ("torchlogix", "(b) torchlogix")):
         base = results.get(name)
         if fast and base:
             print(
-                f"  {label:15s} {base['seconds']:.3f} s  {base['extra_peak_mb']:7.0f} MiB | marble_nb "
-                f"{fast['seconds']:.3f} s {fast['extra_peak_mb']:6.0f} MiB | speed-up "
-                f"{base['seconds'] / fast['seconds']:.2f}x  memory ratio "
-                f"{fast['extra_peak_mb'] / base['extra_peak_mb']:.3f}"
+                f"  {label:17s} {base['seconds']:7.3f} s  RSS {base['extra_peak_mb']:6.0f} MiB  live "
+                f"{base['live_mb']:6.0f} MiB | speed-up {base['seconds'] / fast['seconds']:5.2f}x  memory ratio "
+                f"RSS {fast['extra_peak_mb'] / base['extra_peak_mb']:.3f}  live {fast['live_mb'] / base['live_mb']:.3f}"
             )
 
 
