@@ -20,8 +20,8 @@ from .ops import DEFAULT_CHUNK, Gather, Operator, ShapeError, Sparse, Synapses, 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'PerPosition', 'add_onehot', 'renormed_table', 'embedding_attrs', 'add_embedding', 'convert_embedding',
-           'add_embedding_bag', 'bag_inputs', 'convert_embedding_bag']
+__all__ = ['log', 'PerPosition', 'Rearrange', 'add_onehot', 'renormed_table', 'embedding_attrs', 'add_embedding',
+           'convert_embedding', 'add_embedding_bag', 'bag_inputs', 'convert_embedding_bag']
 
 # %% ../nbs/14_convert_embed.ipynb #654d4918
 @dataclass(eq=False)
@@ -62,6 +62,65 @@ class PerPosition(Operator):
             p = torch.arange(p0, min(n_pos, p0 + step), device=dev)[:, None]
             w_index = widx.expand(p.shape[0], -1).reshape(-1)
             yield Synapses((p * n_in + i).reshape(-1), (p * n_out + o).reshape(-1), flat[w_index], w_index)
+
+# %% ../nbs/14_convert_embed.ipynb #78ed4d45
+@dataclass(eq=False)
+class Rearrange(Operator):
+    "One synapse per target: the source viewed as `view`, permuted by `perm`, broadcast to the target shape."
+
+    weight: Tensor  # 0-d weight of every synapse
+    view: tuple[int, ...]  # the source's per-sample shape as seen by `perm`
+    perm: tuple[int, ...]  # permutation of the view's dims
+    expand: tuple[int, ...]  # target shape: the permuted view broadcast (size-1 dims repeated)
+
+    def __post_init__(self) -> None:
+        self.view, self.perm, self.expand = tuple(self.view), tuple(self.perm), tuple(self.expand)
+        self._unit = bool(self.weight == 1)  # weight 1: the compact path is a pure view
+
+    @classmethod
+    def identity(cls, shape: tuple[int, ...] | int, weight: float = 1.0) -> Rearrange:
+        "Neuron i of the target receives neuron i of a same-shaped source with `weight`."
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return cls(torch.tensor(float(weight)), shape, tuple(range(len(shape))), shape)
+
+    def _permuted(self) -> tuple[int, ...]:
+        return tuple(self.view[p] for p in self.perm)
+
+    def check_shapes(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> None:
+        perm_ok = sorted(self.perm) == list(range(len(self.view)))
+        fits = len(self._permuted()) == len(self.expand) and all(
+            a in (1, b) for a, b in zip(self._permuted(), self.expand, strict=False)
+        )
+        if numel(src_shape) != numel(self.view) or not perm_ok or not fits or tuple(dst_shape) != tuple(self.expand):
+            raise ShapeError(
+                f"Rearrange views {src_shape} as {self.view}, permutes by {self.perm} and broadcasts to "
+                f"{self.expand}: it needs a source of {numel(self.view)} neurons and a target of shape "
+                f"{self.expand}, got {src_shape} -> {dst_shape}"
+            )
+
+    def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
+        out = x.reshape(x.shape[0], *self.view).permute(0, *(p + 1 for p in self.perm)).expand(x.shape[0], *self.expand)
+        return out if self._unit else out * self.weight.to(x.dtype)
+
+    def reduce(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], aggregate: str) -> Tensor:
+        "A single synapse per target: every aggregation is the message itself."
+        return self.weighted_sum(x, src_shape, dst_shape)
+
+    def index(self) -> Tensor:
+        "The source neuron of every target neuron (flat)."
+        src = torch.arange(numel(self.view), device=self.weight.device).reshape(self.view)
+        return src.permute(self.perm).expand(self.expand).reshape(-1)
+
+    def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
+        return numel(self.expand)
+
+    def synapses(
+        self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = DEFAULT_CHUNK
+    ) -> Iterator[Synapses]:
+        index = self.index()
+        for s0 in range(0, index.numel(), chunk):
+            dst = torch.arange(s0, min(index.numel(), s0 + chunk), device=index.device)
+            yield Synapses(index[dst], dst, self.weight.expand(dst.shape), torch.zeros_like(dst))
 
 # %% ../nbs/14_convert_embed.ipynb #4ac7a457
 @register_kind("onehot", has_bias=False, elementwise=False)

@@ -14,13 +14,14 @@ from torch import Tensor, nn
 
 from .engine import run
 from .graph import Graph
-from .ops import Dense, Gather
+from .convert_embed import Rearrange
+from .ops import Dense
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
 __all__ = ['log', 'RECURRENT_CELLS', 'CellWeights', 'rnn_cell_graph', 'lstm_cell_graph', 'gru_cell_graph', 'RecurrentError',
-           'RecurrentNet', 'convert_recurrent', 'RecurrentCell', 'convert_cell']
+           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell']
 
 # %% ../nbs/15_convert_recurrent.ipynb #30772b0f
 def _gate(
@@ -30,12 +31,30 @@ def _gate(
     inputs: list[tuple[str, Tensor]],  # (source group, weight[n, source size]) dense blocks
     bias: Tensor | None,  # [n] or None
     origin: dict[str, str],
+    n: int | None = None,  # neuron count when `inputs` is empty
 ) -> str:
     "Add a group of `kind` neurons summing dense synapses from several groups, plus a bias."
-    n = inputs[0][1].shape[0]
+    n = inputs[0][1].shape[0] if inputs else n
     graph.add_group(name, n, kind, bias=None if bias is None else bias.detach().clone(), **origin)
     for src, weight in inputs:
         graph.connect(src, name, Dense(weight.detach().clone()))
+    return name
+
+
+def _recurrent_gate(
+    graph: Graph,
+    name: str,
+    kind: str,
+    w_ih: Tensor,  # [n, input] input weights of this gate
+    b_ih: Tensor | None,
+    w_hh: Tensor | None,  # [n, state] recurrent weights (None: no recurrent term)
+    b_hh: Tensor | None,
+    origin: dict[str, str],
+) -> str:
+    "A gate `kind(x_<name> + W_hh h + b_hh)` whose input term `x_<name> = W_ih x + b_ih` is its own group."
+    _gate(graph, f"x_{name}", "identity", [("x", w_ih)], b_ih, origin)
+    _gate(graph, name, kind, [] if w_hh is None else [("h", w_hh)], b_hh, origin, n=w_ih.shape[0])
+    graph.connect(f"x_{name}", name, Rearrange.identity(w_ih.shape[0]))
     return name
 
 
@@ -44,18 +63,13 @@ def _combine(graph: Graph, name: str, kind: str, sources: list[tuple[str, float]
     n = graph.group(sources[0][0]).size
     graph.add_group(name, n, kind, **origin)
     for src, w in sources:
-        graph.connect(src, name, Gather(torch.arange(n), torch.tensor(float(w))))
+        graph.connect(src, name, Rearrange.identity(n, w))
     return name
 
 
 def _chunks(t: Tensor | None, n: int) -> list[Tensor | None]:
     "PyTorch's stacked gate weights/biases split into `n` gate blocks (None stays None)."
     return [None] * n if t is None else list(t.detach().chunk(n, 0))
-
-
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    "Sum of two optional biases."
-    return None if a is None else a + b
 
 # %% ../nbs/15_convert_recurrent.ipynb #a1032c49
 @dataclass
@@ -88,7 +102,7 @@ def rnn_cell_graph(w: CellWeights, nonlinearity: str = "tanh", name: str = "rnn"
         raise ValueError(f"nonlinearity={nonlinearity!r}: PyTorch's RNN supports 'tanh' or 'relu'")
     graph = _new_cell(name, "rnn", w.weight_ih.shape[1], w.weight_hh.shape[1], None, origin)
     o = dict(origin=origin, origin_type="RNN")
-    _gate(graph, "h_new", nonlinearity, [("x", w.weight_ih), ("h", w.weight_hh)], _add(w.bias_ih, w.bias_hh), o)
+    _recurrent_gate(graph, "h_new", nonlinearity, w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, o)
     graph.set_outputs("h_new")
     return graph
 
@@ -101,7 +115,7 @@ def lstm_cell_graph(w: CellWeights, name: str = "lstm", origin: str = "") -> Gra
     wi, wh, bi, bh = (_chunks(t, 4) for t in (w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh))
     gates = {}
     for k, (gate, kind) in enumerate((("i", "sigmoid"), ("f", "sigmoid"), ("g", "tanh"), ("o", "sigmoid"))):
-        gates[gate] = _gate(graph, gate, kind, [("x", wi[k]), ("h", wh[k])], _add(bi[k], bh[k]), o)
+        gates[gate] = _recurrent_gate(graph, gate, kind, wi[k], bi[k], wh[k], bh[k], o)
     _combine(graph, "fc", "prod", [("f", 1), ("c", 1)], o)
     _combine(graph, "ig", "prod", [("i", 1), ("g", 1)], o)
     _combine(graph, "c_new", "identity", [("fc", 1), ("ig", 1)], o)
@@ -120,12 +134,12 @@ def gru_cell_graph(w: CellWeights, name: str = "gru", origin: str = "") -> Graph
     graph = _new_cell(name, "gru", w.weight_ih.shape[1], w.weight_hh.shape[1], None, origin)
     o = dict(origin=origin, origin_type="GRU")
     wi, wh, bi, bh = (_chunks(t, 3) for t in (w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh))
-    _gate(graph, "r", "sigmoid", [("x", wi[0]), ("h", wh[0])], _add(bi[0], bh[0]), o)
-    _gate(graph, "z", "sigmoid", [("x", wi[1]), ("h", wh[1])], _add(bi[1], bh[1]), o)
+    _recurrent_gate(graph, "r", "sigmoid", wi[0], bi[0], wh[0], bh[0], o)
+    _recurrent_gate(graph, "z", "sigmoid", wi[1], bi[1], wh[1], bh[1], o)
     _gate(graph, "hn", "identity", [("h", wh[2])], bh[2], o)
     _combine(graph, "r_hn", "prod", [("r", 1), ("hn", 1)], o)
-    _gate(graph, "n", "tanh", [("x", wi[2])], bi[2], o)
-    graph.connect("r_hn", "n", Gather.identity(graph.group("n").size))
+    _recurrent_gate(graph, "n", "tanh", wi[2], bi[2], None, None, o)
+    graph.connect("r_hn", "n", Rearrange.identity(graph.group("n").size))
     _combine(graph, "zn", "prod", [("z", 1), ("n", 1)], o)
     _combine(graph, "zh", "prod", [("z", 1), ("h", 1)], o)
     _combine(graph, "h_new", "identity", [("n", 1), ("zn", -1), ("zh", 1)], o)
@@ -269,17 +283,58 @@ def _scan_cell(
     graph: Graph, seq: Tensor, state: dict[str, Tensor], reverse: bool, mode: str
 ) -> tuple[Tensor, dict[str, Tensor]]:
     "Step one cell graph through a (B, T, in) sequence (backwards if `reverse`): outputs (B, T, h) and last state."
+    project, step = time_parallel_split(graph)
+    batch, length = seq.shape[:2]
+    projected = _as_tuple(run(project, seq.reshape(batch * length, -1), mode=mode))
+    projected = [p.reshape(batch, length, -1) for p in projected]
     names = [n for n in graph.inputs if n != "x"]
     new_names = [graph.metadata["state"][n] for n in names]
-    steps = range(seq.shape[1] - 1, -1, -1) if reverse else range(seq.shape[1])
-    outs: list[Tensor] = [seq.new_zeros(0)] * seq.shape[1]
+    steps = range(length - 1, -1, -1) if reverse else range(length)
+    outs: list[Tensor] = [seq.new_zeros(0)] * length
     for t in steps:
-        result = run(graph, seq[:, t], *(state[n] for n in names), mode=mode)
-        result = result if isinstance(result, tuple) else (result,)
-        by_name = dict(zip(graph.outputs, result, strict=True))
+        result = run(step, *(p[:, t] for p in projected), *(state[n] for n in names), mode=mode)
+        by_name = dict(zip(step.outputs, _as_tuple(result), strict=True))
         state = {n: by_name[new] for n, new in zip(names, new_names, strict=True)}
         outs[t] = state["h"]
     return torch.stack(outs, 1), state
+
+
+def _as_tuple(result: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return result if isinstance(result, tuple) else (result,)
+
+# %% ../nbs/15_convert_recurrent.ipynb #aeb2cedd
+def time_parallel_split(graph: Graph, time_input: str = "x") -> tuple[Graph, Graph]:
+    "(project, step): the groups depending only on `time_input`, and the state-dependent rest fed by them."
+    cached = graph.__dict__.get("_split_cache")
+    if cached is not None and cached[0] == graph.version:
+        return cached[1]
+    stateful = {n for n in graph.inputs if n != time_input}
+    for level in graph.levels():
+        stateful.update(n for n in level if any(c.src in stateful for c in graph.incoming(n)))
+    parallel = [n for n in graph.groups if n not in stateful]
+    cut = [n for n in parallel if any(c.dst in stateful for c in graph.outgoing(n))]
+    if any(n not in stateful for n in graph.outputs):
+        raise ValueError(f"Step graph {graph.name!r}: every output must depend on the state, got {graph.outputs}")
+    project = _subgraph(graph, f"{graph.name}.project", parallel, [time_input], cut)
+    state_inputs = [n for n in graph.inputs if n != time_input]
+    rest = cut + [n for n in graph.groups if n in stateful]
+    step = _subgraph(graph, f"{graph.name}.step", rest, cut + state_inputs, graph.outputs)
+    graph.__dict__["_split_cache"] = (graph.version, (project, step))
+    return project, step
+
+
+def _subgraph(graph: Graph, name: str, groups: list[str], inputs: list[str], outputs: list[str]) -> Graph:
+    "The groups `groups` of `graph` (sharing tensors) with `inputs` turned into input groups."
+    sub = Graph(name, dict(graph.metadata))
+    for n in inputs:
+        sub.add_input(n, graph.groups[n].shape)
+    for n in groups:
+        if n not in inputs:
+            sub.groups[n] = graph.groups[n]
+    keep = set(groups)
+    sub.connections = [c for c in graph.connections if c.src in keep and c.dst in keep and c.dst not in inputs]
+    sub.set_outputs(*outputs)
+    return sub
 
 # %% ../nbs/15_convert_recurrent.ipynb #11afff37
 def _cell_name(module: nn.Module) -> str:
