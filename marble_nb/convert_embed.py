@@ -66,7 +66,7 @@ class PerPosition(Operator):
 # %% ../nbs/14_convert_embed.ipynb #78ed4d45
 @dataclass(eq=False)
 class Rearrange(Operator):
-    "One synapse per target: the source viewed as `view`, permuted by `perm`, broadcast to the target shape."
+    "One synapse per target: the source viewed as `view`, permuted by `perm`, broadcast to `expand` (= the target, flat)."
 
     weight: Tensor  # 0-d weight of every synapse
     view: tuple[int, ...]  # the source's per-sample shape as seen by `perm`
@@ -91,16 +91,17 @@ class Rearrange(Operator):
         fits = len(self._permuted()) == len(self.expand) and all(
             a in (1, b) for a, b in zip(self._permuted(), self.expand, strict=False)
         )
-        if numel(src_shape) != numel(self.view) or not perm_ok or not fits or tuple(dst_shape) != tuple(self.expand):
+        if numel(src_shape) != numel(self.view) or not perm_ok or not fits or numel(dst_shape) != numel(self.expand):
             raise ShapeError(
                 f"Rearrange views {src_shape} as {self.view}, permutes by {self.perm} and broadcasts to "
-                f"{self.expand}: it needs a source of {numel(self.view)} neurons and a target of shape "
-                f"{self.expand}, got {src_shape} -> {dst_shape}"
+                f"{self.expand}: it needs a source of {numel(self.view)} neurons and a target of "
+                f"{numel(self.expand)}, got {src_shape} -> {dst_shape}"
             )
 
     def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
         out = x.reshape(x.shape[0], *self.view).permute(0, *(p + 1 for p in self.perm)).expand(x.shape[0], *self.expand)
-        return out if self._unit else out * self.weight.to(x.dtype)
+        out = out if self._unit else out * self.weight.to(x.dtype)
+        return out if tuple(dst_shape) == self.expand else out.reshape(x.shape[0], *dst_shape)
 
     def reduce(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], aggregate: str) -> Tensor:
         "A single synapse per target: every aggregation is the message itself."
