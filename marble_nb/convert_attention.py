@@ -5,6 +5,7 @@
 # %% ../nbs/15a_convert_attention.ipynb #e703295d
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from .kinds import register_kind
 from .ops import DEFAULT_CHUNK, Operator, ShapeError, Synapses, numel
 
 # %% auto #0
-__all__ = ['SumLast', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention', 'add_attention']
+__all__ = ['SumLast', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention', 'add_attention',
+           'add_multihead_attention', 'add_head_mean', 'SequenceGraphs', 'MultiheadAttentionGraphs',
+           'convert_multihead_attention']
 
 # %% ../nbs/15a_convert_attention.ipynb #43976d8b
 @dataclass(eq=False)
@@ -139,7 +142,7 @@ def add_attention(
     heads: int,
     name: str,
     scale: float | None = None,  # default 1/sqrt(d)
-    mask: Tensor | None = None,  # (T, S) additive float mask (see `additive_mask`)
+    mask: Tensor | str | None = None,  # constant (T, S) additive mask, or an input group (T, S) / (H, T, S)
     key_padding: str | None = None,  # input group (S,) of additive numbers per key
 ) -> Attention:
     "Multi-head scaled dot-product attention as product, sum and softmax neurons."
@@ -151,9 +154,12 @@ def add_attention(
     graph.add_group(f"{name}.qk", (heads, t, s, d), "prod", **o)
     graph.connect(q, f"{name}.qk", Rearrange(one, (t, heads, 1, d), (1, 0, 2, 3), (heads, t, s, d)))
     graph.connect(k, f"{name}.qk", Rearrange(one, (1, s, heads, d), (2, 0, 1, 3), (heads, t, s, d)))
-    bias = None if mask is None else mask.to(torch.float32).expand(heads, t, s).reshape(-1).clone()
+    bias = mask.to(torch.float32).expand(heads, t, s).reshape(-1).clone() if torch.is_tensor(mask) else None
     graph.add_group(f"{name}.scores", (heads, t, s), bias=bias, **o)
     graph.connect(f"{name}.qk", f"{name}.scores", SumLast(torch.tensor(float(scale))))
+    if isinstance(mask, str):
+        view = graph.group(mask).shape if len(graph.group(mask).shape) == 3 else (1, t, s)
+        graph.connect(mask, f"{name}.scores", Rearrange(one, view, (0, 1, 2), (heads, t, s)))
     if key_padding is not None:
         graph.connect(key_padding, f"{name}.scores", Rearrange(one, (1, 1, s), (0, 1, 2), (heads, t, s)))
     graph.add_group(f"{name}.attn", (heads, t, s), "softmax", attrs=dict(dim=-1), **o)
@@ -166,3 +172,155 @@ def add_attention(
     graph.add_group(f"{name}.out", (t, ev), **o)
     graph.connect(f"{name}.heads", f"{name}.out", Rearrange(one, (heads, t, dv), (1, 0, 2), (t, heads, dv)))
     return Attention(f"{name}.out", f"{name}.attn")
+
+# %% ../nbs/15a_convert_attention.ipynb #419a5dd3
+def _mha_weights(mha: nn.MultiheadAttention) -> list[tuple[Tensor, Tensor | None]]:
+    "The (weight, bias) of the query, key and value projections."
+    if mha.bias_k is not None or mha.add_zero_attn:
+        raise NotImplementedError(
+            "MultiheadAttention with add_bias_kv=True or add_zero_attn=True is not supported for conversion: "
+            "construct it without them"
+        )
+    if mha._qkv_same_embed_dim:
+        weights = mha.in_proj_weight.chunk(3)
+    else:
+        weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+    biases = (None,) * 3 if mha.in_proj_bias is None else mha.in_proj_bias.chunk(3)
+    return list(zip(weights, biases, strict=True))
+
+
+def add_multihead_attention(
+    graph: Graph,
+    query: str,  # (T, E)
+    key: str,  # (S, kdim)
+    value: str,  # (S, vdim)
+    mha: nn.MultiheadAttention,
+    name: str,
+    mask: Tensor | str | None = None,  # see `add_attention`
+    key_padding: str | None = None,  # input group (S,) of additive numbers
+) -> Attention:
+    "An nn.MultiheadAttention: q/k/v projections, attention, output projection; returns output and weights."
+    o = dict(origin=name, origin_type="MultiheadAttention")
+    (wq, bq), (wk, bk), (wv, bv) = _mha_weights(mha)
+    q = add_linear(graph, query, wq, bq, f"{name}.q", **o)
+    k = add_linear(graph, key, wk, bk, f"{name}.k", **o)
+    v = add_linear(graph, value, wv, bv, f"{name}.v", **o)
+    att = add_attention(graph, q, k, v, mha.num_heads, name, mask=mask, key_padding=key_padding)
+    out = add_linear(graph, att.out, mha.out_proj.weight, mha.out_proj.bias, f"{name}.out_proj", **o)
+    return Attention(out, att.weights)
+
+
+def add_head_mean(graph: Graph, weights: str, name: str) -> str:
+    "Attention weights (H, T, S) averaged over heads into (T, S), as PyTorch's `average_attn_weights`."
+    heads, t, s = graph.group(weights).shape
+    graph.add_group(f"{name}.by_position", (t, s, heads))
+    graph.connect(weights, f"{name}.by_position", Rearrange(torch.tensor(1.0), (heads, t, s), (1, 2, 0), (t, s, heads)))
+    graph.add_group(name, (t, s))
+    graph.connect(f"{name}.by_position", name, SumLast(torch.tensor(1.0 / heads)))
+    return name
+
+# %% ../nbs/15a_convert_attention.ipynb #6bc55a50
+@dataclass(eq=False)
+class SequenceGraphs:
+    "Graphs of one sequence module, built on first use for each (lengths, options) key and cached."
+
+    build: Callable[..., Graph]  # key -> graph
+    graphs: dict[tuple, Graph] = field(default_factory=dict)
+
+    def graph(self, *key: Any) -> Graph:
+        "The graph for `key`, built now if it was not built before."
+        if key not in self.graphs:
+            self.graphs[key] = self.build(*key)
+        return self.graphs[key]
+
+
+def _batch_major(x: Tensor, batch_first: bool) -> tuple[Tensor, bool]:
+    "(B, T, E) from PyTorch's (T, B, E) / (B, T, E) / unbatched (T, E); and whether it was unbatched."
+    if x.dim() == 2:
+        return x.unsqueeze(0), True
+    return (x if batch_first else x.transpose(0, 1)), False
+
+
+def _from_batch_major(x: Tensor, batch_first: bool, unbatched: bool) -> Tensor:
+    "Back to the module's layout."
+    if unbatched:
+        return x[0]
+    return x if batch_first else x.transpose(0, 1)
+
+
+def _padding_input(mask: Tensor | None, batch: int) -> Tensor | None:
+    "A key padding mask (B, S) (bool True = ignore, or float) as additive numbers per sample."
+    if mask is None:
+        return None
+    mask = mask.reshape(batch, -1)
+    return additive_mask(mask, allowed_when_true=False)
+
+
+def _mask_input(mask: Tensor | None, batch: int, heads: int) -> Tensor | None:
+    "An attn_mask (T, S) or (B·H, T, S) (bool True = forbidden, or float) as a per-sample input."
+    if mask is None:
+        return None
+    mask = additive_mask(mask, allowed_when_true=False)
+    if mask.dim() == 2:
+        return mask.expand(batch, *mask.shape)
+    return mask.reshape(batch, heads, *mask.shape[1:])
+
+
+@dataclass(eq=False)
+class MultiheadAttentionGraphs(SequenceGraphs):
+    "A converted nn.MultiheadAttention, called like the module (plus `mode=`)."
+
+    module: nn.MultiheadAttention | None = None
+
+    def __call__(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+        mode: str = "compact",
+    ) -> tuple[Tensor, Tensor | None]:
+        "(attn_output, attn_weights or None), exactly as nn.MultiheadAttention.forward returns them."
+        if is_causal and attn_mask is None:
+            raise ValueError("is_causal=True is a hint that attn_mask is the causal mask: pass attn_mask as well")
+        bf = self.module.batch_first
+        (q, unbatched), (k, _), (v, _) = (_batch_major(a, bf) for a in (query, key, value))
+        batch, heads = q.shape[0], self.module.num_heads
+        mask, pad = _mask_input(attn_mask, batch, heads), _padding_input(key_padding_mask, batch)
+        weights_key = (need_weights, average_attn_weights) if need_weights else (False, False)
+        g = self.graph(q.shape[1], k.shape[1], None if mask is None else attn_mask.dim(), pad is not None, *weights_key)
+        extra = [t for t in (mask, pad) if t is not None]
+        outs = run(g, q, k, v, *extra, mode=mode)
+        out, weights = outs if need_weights else (outs, None)
+        out = _from_batch_major(out, bf, unbatched)
+        return out, (None if weights is None else (weights[0] if unbatched else weights))
+
+
+def convert_multihead_attention(mha: nn.MultiheadAttention, name: str = "mha") -> MultiheadAttentionGraphs:
+    "A converted nn.MultiheadAttention: graphs built per (query length, key length, masks, weights) on first use."
+    module = copy.deepcopy(mha).eval()
+    _mha_weights(module)  # unsupported settings raise now, not at the first call
+
+    def build(t: int, s: int, mask_dims: int | None, padded: bool, need_weights: bool, average: bool) -> Graph:
+        g = Graph(f"{name}[T={t},S={s}]")
+        g.add_input("query", (t, module.embed_dim))
+        g.add_input("key", (s, module.kdim))
+        g.add_input("value", (s, module.vdim))
+        mask = (
+            None
+            if mask_dims is None
+            else g.add_input("attn_mask", (t, s) if mask_dims == 2 else (module.num_heads, t, s)).name
+        )
+        pad = g.add_input("key_padding", s).name if padded else None
+        att = add_multihead_attention(g, "query", "key", "value", module, name, mask=mask, key_padding=pad)
+        outputs = [att.out] + (
+            [add_head_mean(g, att.weights, f"{name}.weights") if average else att.weights] if need_weights else []
+        )
+        g.set_outputs(*outputs)
+        return g
+
+    return MultiheadAttentionGraphs(build, module=module)
