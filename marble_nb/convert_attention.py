@@ -24,7 +24,8 @@ from .ops import DEFAULT_CHUNK, Operator, ShapeError, Synapses, numel
 # %% auto #0
 __all__ = ['SumLast', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention', 'add_attention',
            'add_multihead_attention', 'add_head_mean', 'SequenceGraphs', 'MultiheadAttentionGraphs',
-           'convert_multihead_attention']
+           'convert_multihead_attention', 'add_feed_forward', 'add_encoder_layer', 'add_decoder_layer', 'add_encoder',
+           'add_decoder', 'TransformerGraphs', 'convert_transformer']
 
 # %% ../nbs/15a_convert_attention.ipynb #43976d8b
 @dataclass(eq=False)
@@ -324,3 +325,220 @@ def convert_multihead_attention(mha: nn.MultiheadAttention, name: str = "mha") -
         return g
 
     return MultiheadAttentionGraphs(build, module=module)
+
+# %% ../nbs/15a_convert_attention.ipynb #b07db97d
+def _activation_kind(act: Any) -> tuple[str, dict[str, Any]]:
+    "The neuron kind (and attrs) of a transformer's feed-forward activation."
+    if act in (F.relu, torch.relu) or isinstance(act, nn.ReLU):
+        return "relu", {}
+    if act is F.gelu:
+        return "gelu", dict(approximate="none")
+    if isinstance(act, nn.GELU):
+        return "gelu", dict(approximate=act.approximate)
+    raise NotImplementedError(f"Feed-forward activation {act!r} is not supported for conversion: use 'relu' or 'gelu'")
+
+
+def _sublayer(graph: Graph, x: str, norm: nn.LayerNorm, fn: Callable[[str], str], name: str, norm_first: bool) -> str:
+    "x + fn(norm(x)) (pre-norm) or norm(x + fn(x)) (post-norm)."
+    if norm_first:
+        return add_sum(graph, [x, fn(add_layer_norm(graph, x, norm, f"{name}.norm"))], f"{name}.residual")
+    return add_layer_norm(graph, add_sum(graph, [x, fn(x)], f"{name}.residual"), norm, f"{name}.norm")
+
+
+def add_feed_forward(graph: Graph, x: str, layer: nn.Module, name: str) -> str:
+    "linear2(activation(linear1(x))) of a transformer layer, at every position."
+    kind, attrs = _activation_kind(layer.activation)
+    o = dict(origin=name, origin_type="FeedForward")
+    h = add_linear(graph, x, layer.linear1.weight, layer.linear1.bias, f"{name}.linear1", kind, attrs=attrs, **o)
+    return add_linear(graph, h, layer.linear2.weight, layer.linear2.bias, f"{name}.linear2", **o)
+
+
+def add_encoder_layer(
+    graph: Graph, x: str, layer: nn.TransformerEncoderLayer, name: str, mask: Any = None, key_padding: str | None = None
+) -> str:
+    "A TransformerEncoderLayer: self-attention and feed-forward sublayers."
+
+    def attend(src: str) -> str:
+        return add_multihead_attention(
+            graph, src, src, src, layer.self_attn, f"{name}.self_attn", mask, key_padding
+        ).out
+
+    x = _sublayer(graph, x, layer.norm1, attend, f"{name}.sa", layer.norm_first)
+    return _sublayer(
+        graph, x, layer.norm2, lambda s: add_feed_forward(graph, s, layer, f"{name}.ff"), f"{name}.ff", layer.norm_first
+    )
+
+
+def add_decoder_layer(
+    graph: Graph,
+    x: str,
+    memory: str,
+    layer: nn.TransformerDecoderLayer,
+    name: str,
+    masks: dict[str, Any] | None = None,  # tgt_mask, memory_mask: tensors or input groups
+    paddings: dict[str, str | None] | None = None,  # tgt_key_padding_mask, memory_key_padding_mask input groups
+) -> str:
+    "A TransformerDecoderLayer: self-attention, cross-attention on `memory`, feed-forward."
+    masks, paddings = masks or {}, paddings or {}
+
+    def self_attend(src: str) -> str:
+        m, p = masks.get("tgt_mask"), paddings.get("tgt_key_padding_mask")
+        return add_multihead_attention(graph, src, src, src, layer.self_attn, f"{name}.self_attn", m, p).out
+
+    def cross_attend(src: str) -> str:
+        m, p = masks.get("memory_mask"), paddings.get("memory_key_padding_mask")
+        return add_multihead_attention(graph, src, memory, memory, layer.multihead_attn, f"{name}.cross_attn", m, p).out
+
+    nf = layer.norm_first
+    x = _sublayer(graph, x, layer.norm1, self_attend, f"{name}.sa", nf)
+    x = _sublayer(graph, x, layer.norm2, cross_attend, f"{name}.ca", nf)
+    return _sublayer(graph, x, layer.norm3, lambda s: add_feed_forward(graph, s, layer, f"{name}.ff"), f"{name}.ff", nf)
+
+
+def add_encoder(
+    graph: Graph, x: str, encoder: nn.TransformerEncoder, name: str, mask: Any = None, key_padding: str | None = None
+) -> str:
+    "A TransformerEncoder: its layers in turn, then its final norm if it has one."
+    for i, layer in enumerate(encoder.layers):
+        x = add_encoder_layer(graph, x, layer, f"{name}.layers.{i}", mask, key_padding)
+    return x if encoder.norm is None else add_layer_norm(graph, x, encoder.norm, f"{name}.norm")
+
+
+def add_decoder(
+    graph: Graph,
+    x: str,
+    memory: str,
+    decoder: nn.TransformerDecoder,
+    name: str,
+    masks: dict | None = None,
+    paddings: dict | None = None,
+) -> str:
+    "A TransformerDecoder: its layers in turn on `memory`, then its final norm if it has one."
+    for i, layer in enumerate(decoder.layers):
+        x = add_decoder_layer(graph, x, memory, layer, f"{name}.layers.{i}", masks, paddings)
+    return x if decoder.norm is None else add_layer_norm(graph, x, decoder.norm, f"{name}.norm")
+
+# %% ../nbs/15a_convert_attention.ipynb #4e10f790
+@dataclass(frozen=True)
+class _Signature:
+    "How a transformer module is called: its sequence arguments, masks (query seq, key seq) and paddings."
+
+    sequences: tuple[str, ...]
+    masks: tuple[tuple[str, str, str], ...]  # (argument, query sequence, key sequence)
+    paddings: tuple[tuple[str, str], ...]  # (argument, key sequence)
+
+
+_ENC = _Signature(("src",), (("src_mask", "src", "src"),), (("src_key_padding_mask", "src"),))
+_DEC = _Signature(
+    ("tgt", "memory"),
+    (("tgt_mask", "tgt", "tgt"), ("memory_mask", "tgt", "memory")),
+    (("tgt_key_padding_mask", "tgt"), ("memory_key_padding_mask", "memory")),
+)
+_FULL = _Signature(("src", "tgt"), _ENC.masks + _DEC.masks, _ENC.paddings + _DEC.paddings)
+
+
+def _signature(module: nn.Module) -> _Signature:
+    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+        return _ENC
+    if isinstance(module, (nn.TransformerDecoderLayer, nn.TransformerDecoder)):
+        return _DEC
+    if isinstance(module, nn.Transformer):
+        return _FULL
+    raise TypeError(
+        f"{type(module).__name__} is not a transformer module: expected nn.TransformerEncoderLayer, "
+        "TransformerEncoder, TransformerDecoderLayer, TransformerDecoder or Transformer"
+    )
+
+
+def _heads_and_batch_first(module: nn.Module) -> tuple[int, bool]:
+    "Number of heads and batch_first of a transformer module (from its first attention)."
+    mha = next(m for m in module.modules() if isinstance(m, nn.MultiheadAttention))
+    return mha.num_heads, mha.batch_first
+
+
+def _body(module: nn.Module, graph: Graph, seqs: dict[str, str], masks: dict, paddings: dict, name: str) -> str:
+    "Add the module's groups given its input groups; returns the output group."
+    if isinstance(module, nn.TransformerEncoderLayer):
+        return add_encoder_layer(graph, seqs["src"], module, name, masks["src_mask"], paddings["src_key_padding_mask"])
+    if isinstance(module, nn.TransformerEncoder):
+        return add_encoder(graph, seqs["src"], module, name, masks["src_mask"], paddings["src_key_padding_mask"])
+    if isinstance(module, nn.TransformerDecoderLayer):
+        return add_decoder_layer(graph, seqs["tgt"], seqs["memory"], module, name, masks, paddings)
+    if isinstance(module, nn.TransformerDecoder):
+        return add_decoder(graph, seqs["tgt"], seqs["memory"], module, name, masks, paddings)
+    memory = add_encoder(
+        graph, seqs["src"], module.encoder, f"{name}.encoder", masks["src_mask"], paddings["src_key_padding_mask"]
+    )
+    return add_decoder(graph, seqs["tgt"], memory, module.decoder, f"{name}.decoder", masks, paddings)
+
+
+@dataclass(eq=False)
+class TransformerGraphs(SequenceGraphs):
+    "A converted transformer module, called like the module (sequences, masks, paddings; plus `mode=`)."
+
+    module: nn.Module | None = None
+
+    def __call__(self, *sequences: Tensor, mode: str = "compact", **kw: Any) -> Tensor:
+        "The module's output for these sequences and masks."
+        sig = _signature(self.module)
+        heads, bf = _heads_and_batch_first(self.module)
+        _check_call(sig, sequences, kw)
+        seqs = [_batch_major(s, bf) for s in sequences]
+        unbatched = seqs[0][1]
+        xs = dict(zip(sig.sequences, (s for s, _ in seqs), strict=True))
+        batch, lengths = xs[sig.sequences[0]].shape[0], tuple(x.shape[1] for x in xs.values())
+        masks = [_mask_input(kw.get(m), batch, heads) for m, _, _ in sig.masks]
+        pads = [_padding_input(kw.get(p), batch) for p, _ in sig.paddings]
+        key = (
+            lengths,
+            tuple(None if kw.get(m) is None else kw[m].dim() for m, _, _ in sig.masks),
+            tuple(p is not None for p in pads),
+        )
+        extra = [t for t in masks + pads if t is not None]
+        out = run(self.graph(*key), *xs.values(), *extra, mode=mode)
+        return _from_batch_major(out, bf, unbatched)
+
+
+def _check_call(sig: _Signature, sequences: tuple[Tensor, ...], kw: dict[str, Any]) -> None:
+    "Raise on a wrong number of sequences, unknown keywords, or a causal hint without its mask."
+    if len(sequences) != len(sig.sequences):
+        raise TypeError(f"Expected {len(sig.sequences)} sequence(s) {sig.sequences}, got {len(sequences)}")
+    known = {m for m, _, _ in sig.masks} | {p for p, _ in sig.paddings}
+    hints = {k for k in kw if k.endswith("is_causal")}
+    unknown = set(kw) - known - hints
+    if unknown:
+        raise TypeError(f"Unknown argument(s) {sorted(unknown)}; this module takes {sorted(known | hints)}")
+    for hint in hints:
+        mask = "src_mask" if hint == "is_causal" else hint.replace("is_causal", "mask")
+        if kw[hint] and kw.get(mask) is None and mask in known:
+            raise ValueError(f"{hint}=True is a hint that {mask} is the causal mask: pass {mask} as well")
+
+
+def convert_transformer(module: nn.Module, name: str = "transformer") -> TransformerGraphs:
+    "A converted transformer module: graphs built per (lengths, masks, paddings) on first use."
+    sig = _signature(module)
+    module = copy.deepcopy(module).eval()
+    for m in module.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            _mha_weights(m)
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            _activation_kind(m.activation)
+    width = next(m for m in module.modules() if isinstance(m, nn.MultiheadAttention)).embed_dim
+    heads, _ = _heads_and_batch_first(module)
+
+    def build(lengths: tuple[int, ...], mask_dims: tuple, padded: tuple) -> Graph:
+        size = dict(zip(sig.sequences, lengths, strict=True))
+        g = Graph(f"{name}[{', '.join(f'{k}={v}' for k, v in size.items())}]")
+        size.setdefault("memory", size.get("src", 0))  # nn.Transformer: the memory is the encoded source
+        seqs = {s: g.add_input(s, (size[s], width)).name for s in sig.sequences}
+        masks = {}
+        for (m, q, k), dims in zip(sig.masks, mask_dims, strict=True):
+            shape = (size[q], size[k]) if dims == 2 else (heads, size[q], size[k])
+            masks[m] = None if dims is None else g.add_input(m, shape).name
+        pads = {
+            p: g.add_input(p, size[k]).name if on else None for (p, k), on in zip(sig.paddings, padded, strict=True)
+        }
+        g.set_outputs(_body(module, g, seqs, masks, pads, name))
+        return g
+
+    return TransformerGraphs(build, module=module)
