@@ -25,7 +25,8 @@ from .ops import DEFAULT_CHUNK, Operator, ShapeError, Synapses, numel
 __all__ = ['SumLast', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention', 'add_attention',
            'add_multihead_attention', 'add_head_mean', 'SequenceGraphs', 'MultiheadAttentionGraphs',
            'convert_multihead_attention', 'add_feed_forward', 'add_encoder_layer', 'add_decoder_layer', 'add_encoder',
-           'add_decoder', 'TransformerGraphs', 'convert_transformer']
+           'add_decoder', 'TransformerGraphs', 'convert_transformer', 'sinusoidal_table', 'add_positional',
+           'add_rotary', 'add_mean_over_positions']
 
 # %% ../nbs/15a_convert_attention.ipynb #43976d8b
 @dataclass(eq=False)
@@ -542,3 +543,58 @@ def convert_transformer(module: nn.Module, name: str = "transformer") -> Transfo
         return g
 
     return TransformerGraphs(build, module=module)
+
+# %% ../nbs/15a_convert_attention.ipynb #b11c33e0
+def sinusoidal_table(length: int, dim: int, base: float = 10000.0) -> Tensor:
+    "The sinusoidal position table [length, dim]: sin on even features, cos on odd ones."
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(base) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
+
+
+def add_positional(graph: Graph, src: str, table: Tensor, name: str = "position") -> str:
+    "x + table[:T] for a (T, E) group: learned or fixed positions as the bias of one-to-one neurons."
+    t, e = graph.group(src).shape[-2:]
+    table = table.detach().reshape(-1, table.shape[-1])
+    if t > table.shape[0] or table.shape[1] != e:
+        raise ValueError(
+            f"{name}: the position table is {tuple(table.shape)} but the sequence is ({t}, {e}); "
+            f"sequences of at most {table.shape[0]} positions of width {table.shape[1]} are supported"
+        )
+    return add_sum(
+        graph, [src], name, bias=table[:t].reshape(-1).clone(), origin=name, origin_type="PositionalEncoding"
+    )
+
+
+def add_rotary(graph: Graph, src: str, heads: int, name: str, base: float = 10000.0) -> str:
+    "Rotary position embedding of a (T, H·d) query or key group, per head (rotate-half convention)."
+    from marble_nb.ops import Gather
+
+    t, e = graph.group(src).shape
+    d = e // heads
+    if d % 2:
+        raise ValueError(f"{name}: rotary embeddings need an even head size, got {d}")
+    inv = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+    angle = torch.arange(t, dtype=torch.float32)[:, None] * torch.cat([inv, inv])[None, :]  # (T, d)
+    cos, sin = (f(angle)[:, None, :].expand(t, heads, d) for f in (torch.cos, torch.sin))
+    j = torch.arange(d)
+    partner = torch.where(j < d // 2, j + d // 2, j - d // 2)
+    sign = torch.where(j < d // 2, -1.0, 1.0)
+    base_idx = torch.arange(t * heads)[:, None] * d
+    graph.add_group(name, (t, e), origin=name, origin_type="RotaryEmbedding")
+    graph.connect(src, name, Gather(torch.arange(t * e), cos.reshape(-1).clone()))
+    graph.connect(src, name, Gather((base_idx + partner).reshape(-1), (sin * sign).reshape(-1).clone()))
+    return name
+
+# %% ../nbs/15a_convert_attention.ipynb #690b9f41
+def add_mean_over_positions(graph: Graph, src: str, name: str) -> str:
+    "Mean of a (T, E) group over its T positions: (E,)."
+    t, e = graph.group(src).shape
+    graph.add_group(f"{name}.by_feature", (e, t))
+    graph.connect(src, f"{name}.by_feature", Rearrange(torch.tensor(1.0), (t, e), (1, 0), (e, t)))
+    graph.add_group(name, e)
+    graph.connect(f"{name}.by_feature", name, SumLast(torch.tensor(1.0 / t)))
+    return name
