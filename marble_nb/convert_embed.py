@@ -66,22 +66,24 @@ class PerPosition(Operator):
 # %% ../nbs/14_convert_embed.ipynb #78ed4d45
 @dataclass(eq=False)
 class Rearrange(Operator):
-    "One synapse per target: the source viewed as `view`, permuted by `perm`, broadcast to `expand` (= the target, flat)."
+    "One synapse per target: source neurons `start…` viewed as `view`, permuted, broadcast to `expand` (= the target)."
 
     weight: Tensor  # 0-d weight of every synapse
     view: tuple[int, ...]  # the source's per-sample shape as seen by `perm`
     perm: tuple[int, ...]  # permutation of the view's dims
     expand: tuple[int, ...]  # target shape: the permuted view broadcast (size-1 dims repeated)
+    start: int | None = None  # None: the view is the whole source; else its first neuron (a slice)
 
     def __post_init__(self) -> None:
         self.view, self.perm, self.expand = tuple(self.view), tuple(self.perm), tuple(self.expand)
         self._unit = bool(self.weight == 1)  # weight 1: the compact path is a pure view
+        self._plain = self.perm == tuple(range(len(self.perm))) and self.view == self.expand  # a copy or a slice
 
     @classmethod
-    def identity(cls, shape: tuple[int, ...] | int, weight: float = 1.0) -> Rearrange:
-        "Neuron i of the target receives neuron i of a same-shaped source with `weight`."
+    def identity(cls, shape: tuple[int, ...] | int, weight: float = 1.0, start: int | None = None) -> Rearrange:
+        "Neuron i of the target receives source neuron `start + i` with `weight` (a copy, or a slice)."
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return cls(torch.tensor(float(weight)), shape, tuple(range(len(shape))), shape)
+        return cls(torch.tensor(float(weight)), shape, tuple(range(len(shape))), shape, start)
 
     def _permuted(self) -> tuple[int, ...]:
         return tuple(self.view[p] for p in self.perm)
@@ -91,14 +93,25 @@ class Rearrange(Operator):
         fits = len(self._permuted()) == len(self.expand) and all(
             a in (1, b) for a, b in zip(self._permuted(), self.expand, strict=False)
         )
-        if numel(src_shape) != numel(self.view) or not perm_ok or not fits or numel(dst_shape) != numel(self.expand):
+        first = self.start or 0
+        inside = (
+            numel(src_shape) == numel(self.view)
+            if self.start is None
+            else 0 <= first <= numel(src_shape) - numel(self.view)
+        )
+        if not (inside and perm_ok and fits) or numel(dst_shape) != numel(self.expand):
             raise ShapeError(
-                f"Rearrange views {src_shape} as {self.view}, permutes by {self.perm} and broadcasts to "
-                f"{self.expand}: it needs a source of {numel(self.view)} neurons and a target of "
-                f"{numel(self.expand)}, got {src_shape} -> {dst_shape}"
+                f"Rearrange views {src_shape} from neuron {self.start} as {self.view}, permutes by {self.perm} and "
+                f"broadcasts to {self.expand}: it needs a source of {numel(self.view)} neurons (or more, with a "
+                f"start) and a target of {numel(self.expand)}, got {src_shape} -> {dst_shape}"
             )
 
     def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
+        if self.start is not None:
+            x = x.reshape(x.shape[0], -1)[:, self.start : self.start + numel(self.view)]
+        if self._plain:
+            out = x.reshape(x.shape[0], *dst_shape)
+            return out if self._unit else out * self.weight.to(x.dtype)
         out = x.reshape(x.shape[0], *self.view).permute(0, *(p + 1 for p in self.perm)).expand(x.shape[0], *self.expand)
         out = out if self._unit else out * self.weight.to(x.dtype)
         return out if tuple(dst_shape) == self.expand else out.reshape(x.shape[0], *dst_shape)
@@ -109,7 +122,8 @@ class Rearrange(Operator):
 
     def index(self) -> Tensor:
         "The source neuron of every target neuron (flat)."
-        src = torch.arange(numel(self.view), device=self.weight.device).reshape(self.view)
+        first = self.start or 0
+        src = torch.arange(first, first + numel(self.view), device=self.weight.device).reshape(self.view)
         return src.permute(self.perm).expand(self.expand).reshape(-1)
 
     def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:

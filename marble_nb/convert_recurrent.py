@@ -58,12 +58,18 @@ def _recurrent_gate(
     return name
 
 
-def _combine(graph: Graph, name: str, kind: str, sources: list[tuple[str, float]], origin: dict[str, str]) -> str:
-    "Add a group (`prod`: product, `identity`: weighted sum) fed one-to-one by `sources` with the given weights."
-    n = graph.group(sources[0][0]).size
+def _combine(
+    graph: Graph,
+    name: str,
+    kind: str,  # "prod": product of the inputs, otherwise the kind of a weighted sum
+    n: int,  # neurons
+    sources: list[tuple[str, float, int]],  # (group, weight, first neuron): one-to-one from a (slice of a) group
+    origin: dict[str, str],
+) -> str:
+    "Add `n` neurons of `kind` fed one-to-one by slices of other groups with the given weights."
     graph.add_group(name, n, kind, **origin)
-    for src, w in sources:
-        graph.connect(src, name, Rearrange.identity(n, w))
+    for src, w, start in sources:
+        graph.connect(src, name, Rearrange.identity(n, w, start))
     return name
 
 
@@ -107,23 +113,29 @@ def rnn_cell_graph(w: CellWeights, nonlinearity: str = "tanh", name: str = "rnn"
     return graph
 
 
+def _scaled(t: Tensor | None, scale: Tensor) -> Tensor | None:
+    "Rows of a stacked weight or bias multiplied by `scale` (None stays None)."
+    return None if t is None else t.detach() * scale.reshape(-1, *([1] * (t.dim() - 1)))
+
+
 def lstm_cell_graph(w: CellWeights, name: str = "lstm", origin: str = "") -> Graph:
-    "Step graph of an LSTM: gates i, f, g, o; c_new = f·c + i·g; h_new = o·tanh(c_new) (then projected)."
+    "Step graph of an LSTM: one group of gates [i, f, g, o]; c_new = f·c + i·g; h_new = o·tanh(c_new) (projected)."
     hidden = w.weight_hh.shape[0] // 4
     graph = _new_cell(name, "lstm", w.weight_ih.shape[1], w.weight_hh.shape[1], hidden, origin)
     o = dict(origin=origin, origin_type="LSTM")
-    wi, wh, bi, bh = (_chunks(t, 4) for t in (w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh))
-    gates = {}
-    for k, (gate, kind) in enumerate((("i", "sigmoid"), ("f", "sigmoid"), ("g", "tanh"), ("o", "sigmoid"))):
-        gates[gate] = _recurrent_gate(graph, gate, kind, wi[k], bi[k], wh[k], bh[k], o)
-    _combine(graph, "fc", "prod", [("f", 1), ("c", 1)], o)
-    _combine(graph, "ig", "prod", [("i", 1), ("g", 1)], o)
-    _combine(graph, "c_new", "identity", [("fc", 1), ("ig", 1)], o)
-    _combine(graph, "tanh_c", "tanh", [("c_new", 1)], o)
-    if w.weight_hr is None:
-        _combine(graph, "h_new", "prod", [("o", 1), ("tanh_c", 1)], o)
-    else:
-        _combine(graph, "h_full", "prod", [("o", 1), ("tanh_c", 1)], o)
+    scale = torch.ones(4 * hidden)
+    scale[2 * hidden : 3 * hidden] = 2.0  # g = tanh(z) = 2·sigmoid(2z) - 1: its block holds sigmoid(2z)
+    ws = [_scaled(t, scale) for t in (w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh)]
+    _recurrent_gate(graph, "gates", "sigmoid", *ws, o)
+    graph.group("gates").attrs.update(layout="i, f, g, o", g="sigmoid(2z); g = 2·sigmoid(2z) - 1 = tanh(z)")
+    i, f, g, out = (k * hidden for k in range(4))
+    _combine(graph, "fc", "prod", hidden, [("gates", 1, f), ("c", 1, 0)], o)
+    _combine(graph, "i_sg", "prod", hidden, [("gates", 1, i), ("gates", 1, g)], o)
+    _combine(graph, "c_new", "identity", hidden, [("fc", 1, 0), ("i_sg", 2, 0), ("gates", -1, i)], o)  # f·c + i·g
+    _combine(graph, "tanh_c", "tanh", hidden, [("c_new", 1, 0)], o)
+    h = "h_new" if w.weight_hr is None else "h_full"
+    _combine(graph, h, "prod", hidden, [("gates", 1, out), ("tanh_c", 1, 0)], o)
+    if w.weight_hr is not None:
         _gate(graph, "h_new", "identity", [("h_full", w.weight_hr)], None, o)
     graph.set_outputs("h_new", "c_new")
     return graph
@@ -131,18 +143,18 @@ def lstm_cell_graph(w: CellWeights, name: str = "lstm", origin: str = "") -> Gra
 
 def gru_cell_graph(w: CellWeights, name: str = "gru", origin: str = "") -> Graph:
     "Step graph of a GRU: r, z gates; n = tanh(W_in x + b_in + r·(W_hn h + b_hn)); h_new = n - z·n + z·h."
+    hidden = w.weight_hh.shape[0] // 3
     graph = _new_cell(name, "gru", w.weight_ih.shape[1], w.weight_hh.shape[1], None, origin)
     o = dict(origin=origin, origin_type="GRU")
-    wi, wh, bi, bh = (_chunks(t, 3) for t in (w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh))
-    _recurrent_gate(graph, "r", "sigmoid", wi[0], bi[0], wh[0], bh[0], o)
-    _recurrent_gate(graph, "z", "sigmoid", wi[1], bi[1], wh[1], bh[1], o)
-    _gate(graph, "hn", "identity", [("h", wh[2])], bh[2], o)
-    _combine(graph, "r_hn", "prod", [("r", 1), ("hn", 1)], o)
-    _recurrent_gate(graph, "n", "tanh", wi[2], bi[2], None, None, o)
-    graph.connect("r_hn", "n", Rearrange.identity(graph.group("n").size))
-    _combine(graph, "zn", "prod", [("z", 1), ("n", 1)], o)
-    _combine(graph, "zh", "prod", [("z", 1), ("h", 1)], o)
-    _combine(graph, "h_new", "identity", [("n", 1), ("zn", -1), ("zh", 1)], o)
+    _gate(graph, "x_gates", "identity", [("x", w.weight_ih)], w.bias_ih, o)
+    _gate(graph, "h_gates", "identity", [("h", w.weight_hh)], w.bias_hh, o)
+    r, z, n = (k * hidden for k in range(3))
+    _combine(graph, "rz", "sigmoid", 2 * hidden, [("x_gates", 1, r), ("h_gates", 1, r)], o)
+    _combine(graph, "r_hn", "prod", hidden, [("rz", 1, r), ("h_gates", 1, n)], o)
+    _combine(graph, "n", "tanh", hidden, [("x_gates", 1, n), ("r_hn", 1, 0)], o)
+    _combine(graph, "zn", "prod", hidden, [("rz", 1, z), ("n", 1, 0)], o)
+    _combine(graph, "zh", "prod", hidden, [("rz", 1, z), ("h", 1, 0)], o)
+    _combine(graph, "h_new", "identity", hidden, [("n", 1, 0), ("zn", -1, 0), ("zh", 1, 0)], o)
     graph.set_outputs("h_new")
     return graph
 
