@@ -120,7 +120,7 @@ def additive_mask(mask: Tensor | None, allowed_when_true: bool) -> Tensor | None
     if mask is None or mask.is_floating_point():
         return mask
     forbid = ~mask if allowed_when_true else mask
-    return torch.zeros(mask.shape).masked_fill(forbid, float("-inf"))
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(forbid, float("-inf"))
 
 
 def causal_mask(t: int, s: int) -> Tensor:
@@ -229,10 +229,12 @@ class SequenceGraphs:
     build: Callable[..., Graph]  # key -> graph
     graphs: dict[tuple, Graph] = field(default_factory=dict)
 
+    device: Any = None  # where built graphs live (the converted module's device)
+
     def graph(self, *key: Any) -> Graph:
-        "The graph for `key`, built now if it was not built before."
+        "The graph for `key`, built now (on `device`) if it was not built before."
         if key not in self.graphs:
-            self.graphs[key] = self.build(*key)
+            self.graphs[key] = self.build(*key).to(self.device)
         return self.graphs[key]
 
 
@@ -325,7 +327,7 @@ def convert_multihead_attention(mha: nn.MultiheadAttention, name: str = "mha") -
         g.set_outputs(*outputs)
         return g
 
-    return MultiheadAttentionGraphs(build, module=module)
+    return MultiheadAttentionGraphs(build, device=module.out_proj.weight.device, module=module)
 
 # %% ../nbs/15a_convert_attention.ipynb #b07db97d
 def _activation_kind(act: Any) -> tuple[str, dict[str, Any]]:
@@ -542,7 +544,7 @@ def convert_transformer(module: nn.Module, name: str = "transformer") -> Transfo
         g.set_outputs(_body(module, g, seqs, masks, pads, name))
         return g
 
-    return TransformerGraphs(build, module=module)
+    return TransformerGraphs(build, device=next(module.parameters()).device, module=module)
 
 # %% ../nbs/15a_convert_attention.ipynb #b11c33e0
 def sinusoidal_table(length: int, dim: int, base: float = 10000.0) -> Tensor:

@@ -319,7 +319,7 @@ def bag_inputs(
     if input.dim() == 2:
         if offsets is not None:
             raise ValueError("offsets must be None when input is 2-D (bags, L): each row is one bag")
-        w = torch.ones(input.shape, dtype=torch.float32) if per_sample_weights is None else per_sample_weights
+        w = torch.ones(input.shape, device=input.device) if per_sample_weights is None else per_sample_weights
         return _pad_to(input, w.float(), bag_len)
     if input.dim() != 1 or offsets is None:
         raise ValueError(f"input must be 2-D (bags, L), or 1-D with offsets; got {input.dim()}-D, offsets={offsets}")
@@ -327,12 +327,12 @@ def bag_inputs(
     starts = offsets[:-1] if include_last_offset else offsets
     lengths = (ends - starts).long()
     width = int(lengths.max()) if lengths.numel() else 0
-    pos = torch.arange(width)
+    pos = torch.arange(width, device=input.device)
     inside = pos[None, :] < lengths[:, None]
     flat = (starts.long()[:, None] + pos[None, :]).clamp_max(max(input.numel() - 1, 0))
     ids = torch.where(inside, input[flat], torch.zeros_like(input[flat]))
-    w = torch.ones(input.shape) if per_sample_weights is None else per_sample_weights.float()
-    return _pad_to(ids, torch.where(inside, w[flat], torch.zeros(())), bag_len)
+    w = torch.ones(input.shape, device=input.device) if per_sample_weights is None else per_sample_weights.float()
+    return _pad_to(ids, torch.where(inside, w[flat], torch.zeros((), device=input.device)), bag_len)
 
 
 def _pad_to(ids: Tensor, weights: Tensor, bag_len: int | None) -> tuple[Tensor, Tensor]:

@@ -197,6 +197,16 @@ class RecurrentNet:
         n = self.num_layers * self.directions
         return {k: like.new_zeros(n, batch, size) for k, size in self.state_sizes().items()}
 
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> RecurrentNet:
+        "Move every step graph (and the stream state) to `device`, in place; returns self."
+        for layer in self.cells:
+            for g in layer:
+                g.to(device, dtype)
+                g.__dict__.pop("_split_cache", None)
+        if self.state is not None:
+            self.state = {k: v.to(device) for k, v in self.state.items()}
+        return self
+
     def num_neurons(self) -> int:
         return sum(g.num_neurons() for layer in self.cells for g in layer)
 
