@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -245,6 +247,33 @@ class RecurrentNet:
     def reset(self) -> None:
         "Forget the stream state: the next `stream` call starts from zeros."
         self.state = None
+
+    def save_state(self, path: str | Path) -> None:
+        "Write the stream state to a safetensors file (atomically), to continue the stream in another process."
+        from safetensors.torch import save_file
+
+        if self.state is None:
+            raise RecurrentError("There is no stream state to save: call stream() first")
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state.items()}
+        save_file(tensors, str(tmp), metadata=dict(cell=self.cell, layers=str(self.num_layers)))
+        os.replace(tmp, path)
+
+    def load_state(self, path: str | Path) -> None:
+        "Continue a stream from a state file written by `save_state` (checked against this network)."
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        sizes = self.state_sizes()
+        want = {k: (self.num_layers * self.directions, size) for k, size in sizes.items()}
+        got = {k: (t.shape[0], t.shape[-1]) for k, t in tensors.items() if t.dim() == 3}
+        if got != want:
+            raise RecurrentError(
+                f"{path}: the state file holds {got} (layers*directions, size) but this {self.cell.upper()} needs {want}"
+            )
+        device = self.cells[0][0].connections[0].op.weight.device
+        self.state = {k: tensors[k].to(device) for k in sizes}
 
     # -- internals ---------------------------------------------------------------------------------
     def _batch_major(self, x: Tensor) -> tuple[Tensor, bool]:
