@@ -23,7 +23,8 @@ log = logging.getLogger("marble_nb")
 
 # %% auto #0
 __all__ = ['log', 'RECURRENT_CELLS', 'CellWeights', 'rnn_cell_graph', 'lstm_cell_graph', 'gru_cell_graph', 'RecurrentError',
-           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell']
+           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell', 'graft_graph',
+           'add_recurrent']
 
 # %% ../nbs/15_convert_recurrent.ipynb #30772b0f
 def _gate(
@@ -465,3 +466,84 @@ def convert_cell(module: nn.RNNCellBase, name: str = "") -> RecurrentCell:
     cell = _cell_name(module)
     w = CellWeights(module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
     return RecurrentCell(_build_cell(cell, w, name or cell, name, getattr(module, "nonlinearity", "tanh")), cell)
+
+# %% ../nbs/15_convert_recurrent.ipynb #52075b7a
+def graft_graph(
+    outer: Graph, inner: Graph, prefix: str, bindings: dict[str, tuple[str, Rearrange | None]]
+) -> dict[str, str]:
+    "Copy `inner`'s non-input groups into `outer` as `prefix.name`; inner inputs bound to (outer group, slice or None)."
+    names = {n: f"{prefix}.{n}" for n in inner.groups if n not in inner.inputs}
+    for n, new in names.items():
+        g = inner.groups[n]
+        kw = dict(bias=g.bias, params=dict(g.params), attrs=dict(g.attrs), origin=g.origin, origin_type=g.origin_type)
+        outer.add_group(new, g.shape, g.kind, **kw)
+    for c in inner.connections:
+        if c.src not in inner.inputs:
+            outer.connect(names[c.src], names[c.dst], c.op, c.slot)
+            continue
+        if c.src not in bindings:
+            raise KeyError(f"{prefix}: the input {c.src!r} of {inner.name!r} is not bound to a group of {outer.name!r}")
+        src, sliced = bindings[c.src]
+        outer.connect(src, names[c.dst], _through(sliced, c.op), c.slot)
+    return names
+
+
+def _through(sliced: Rearrange | None, op: Any) -> Any:
+    "The inner operator applied to a bound outer group: itself, or one slice of the outer group when bound to a slice."
+    if sliced is None:
+        return op
+    if isinstance(op, Rearrange) and op._plain and sliced._plain:
+        return Rearrange.identity(
+            op.view, float(op.weight) * float(sliced.weight), (sliced.start or 0) + (op.start or 0)
+        )
+    raise NotImplementedError(
+        f"an input bound to a slice can feed only one-to-one connections, not {type(op).__name__}"
+    )
+
+
+def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> str:
+    "An nn.RNN/LSTM/GRU unrolled over the T positions of group `src` (T, in); returns the output group (T, D·H)."
+    from marble_nb.convert_embed import PerPosition
+    from marble_nb.ops import Dense, Gather
+
+    net = convert_recurrent(module, name)
+    length = graph.group(src).shape[0]
+    width = net.directions * net.state_sizes()["h"]
+    out = graph.add_group(f"{name}.out", (length, width), origin=name, origin_type=type(module).__name__).name
+    zeros = {k: graph.add_group(f"{name}.{k}0", size, origin=name).name for k, size in net.state_sizes().items()}
+    layer_in = src
+    for layer, cells in enumerate(net.cells):
+        layer_out = (
+            out if layer == net.num_layers - 1 else graph.add_group(f"{name}.l{layer}.out", (length, width)).name
+        )
+        for direction, cell in enumerate(cells):
+            project, step = time_parallel_split(cell)
+            tag = f"{name}.l{layer}{'_reverse' if direction else ''}"
+            sequence_wide = {}
+            for n in project.outputs:  # the input terms of every step at once: shared weights over positions
+                g = project.groups[n]
+                (conn,) = project.incoming(n)
+                if not isinstance(conn.op, Dense):
+                    raise NotImplementedError(f"{tag}: input term {n!r} is not a dense block")
+                bias = None if g.bias is None else g.bias.expand(length, -1).reshape(-1).clone()
+                graph.add_group(
+                    f"{tag}.{n}", (length, g.size), g.kind, bias=bias, origin=g.origin, origin_type=g.origin_type
+                )
+                graph.connect(layer_in, f"{tag}.{n}", PerPosition(conn.op.weight))
+                sequence_wide[n] = f"{tag}.{n}"
+            state = dict(zeros)
+            steps = range(length - 1, -1, -1) if direction else range(length)
+            for t in steps:
+                bindings = {
+                    n: (sequence_wide[n], Rearrange.identity(project.groups[n].size, start=t * project.groups[n].size))
+                    for n in project.outputs
+                }
+                bindings.update({k: (v, None) for k, v in state.items()})
+                names = graft_graph(graph, step, f"{tag}.t{t}", bindings)
+                state = {k: names[new] for k, new in cell.metadata["state"].items()}
+                h = graph.group(state["h"]).size
+                index = torch.full((length, width), -1, dtype=torch.long)
+                index[t, direction * h : (direction + 1) * h] = torch.arange(h)
+                graph.connect(state["h"], layer_out, Gather(index.reshape(-1), torch.tensor(1.0)))
+        layer_in = layer_out
+    return out
