@@ -432,6 +432,7 @@ class _Signature:
 
 
 _ENC = _Signature(("src",), (("src_mask", "src", "src"),), (("src_key_padding_mask", "src"),))
+_ENC_STACK = _Signature(("src",), (("mask", "src", "src"),), _ENC.paddings)  # TransformerEncoder names it `mask`
 _DEC = _Signature(
     ("tgt", "memory"),
     (("tgt_mask", "tgt", "tgt"), ("memory_mask", "tgt", "memory")),
@@ -441,8 +442,10 @@ _FULL = _Signature(("src", "tgt"), _ENC.masks + _DEC.masks, _ENC.paddings + _DEC
 
 
 def _signature(module: nn.Module) -> _Signature:
-    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+    if isinstance(module, nn.TransformerEncoderLayer):
         return _ENC
+    if isinstance(module, nn.TransformerEncoder):
+        return _ENC_STACK
     if isinstance(module, (nn.TransformerDecoderLayer, nn.TransformerDecoder)):
         return _DEC
     if isinstance(module, nn.Transformer):
@@ -464,7 +467,7 @@ def _body(module: nn.Module, graph: Graph, seqs: dict[str, str], masks: dict, pa
     if isinstance(module, nn.TransformerEncoderLayer):
         return add_encoder_layer(graph, seqs["src"], module, name, masks["src_mask"], paddings["src_key_padding_mask"])
     if isinstance(module, nn.TransformerEncoder):
-        return add_encoder(graph, seqs["src"], module, name, masks["src_mask"], paddings["src_key_padding_mask"])
+        return add_encoder(graph, seqs["src"], module, name, masks["mask"], paddings["src_key_padding_mask"])
     if isinstance(module, nn.TransformerDecoderLayer):
         return add_decoder_layer(graph, seqs["tgt"], seqs["memory"], module, name, masks, paddings)
     if isinstance(module, nn.TransformerDecoder):
@@ -512,8 +515,8 @@ def _check_call(sig: _Signature, sequences: tuple[Tensor, ...], kw: dict[str, An
     if unknown:
         raise TypeError(f"Unknown argument(s) {sorted(unknown)}; this module takes {sorted(known | hints)}")
     for hint in hints:
-        mask = "src_mask" if hint == "is_causal" else hint.replace("is_causal", "mask")
-        if kw[hint] and kw.get(mask) is None and mask in known:
+        mask = next(m for m, _, _ in sig.masks) if hint == "is_causal" else hint.replace("is_causal", "mask")
+        if kw[hint] and kw.get(mask) is None:
             raise ValueError(f"{hint}=True is a hint that {mask} is the causal mask: pass {mask} as well")
 
 
