@@ -78,6 +78,7 @@ class Rearrange(Operator):
         self.view, self.perm, self.expand = tuple(self.view), tuple(self.perm), tuple(self.expand)
         self._unit = bool(self.weight == 1)  # weight 1: the compact path is a pure view
         self._plain = self.perm == tuple(range(len(self.perm))) and self.view == self.expand  # a copy or a slice
+        self._size, self._scalar = numel(self.view), float(self.weight)
 
     @classmethod
     def identity(cls, shape: tuple[int, ...] | int, weight: float = 1.0, start: int | None = None) -> Rearrange:
@@ -107,11 +108,13 @@ class Rearrange(Operator):
             )
 
     def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
+        if self._plain:  # a copy or a slice: at most a narrow and a reshape, no data moved
+            x = x if x.dim() == 2 else x.reshape(x.shape[0], -1)
+            x = x if self.start is None else x.narrow(1, self.start, self._size)
+            x = x if len(dst_shape) == 1 else x.reshape(x.shape[0], *dst_shape)
+            return x if self._unit else x * self._scalar
         if self.start is not None:
             x = x.reshape(x.shape[0], -1)[:, self.start : self.start + numel(self.view)]
-        if self._plain:
-            out = x.reshape(x.shape[0], *dst_shape)
-            return out if self._unit else out * self.weight.to(x.dtype)
         out = x.reshape(x.shape[0], *self.view).permute(0, *(p + 1 for p in self.perm)).expand(x.shape[0], *self.expand)
         out = out if self._unit else out * self.weight.to(x.dtype)
         return out if tuple(dst_shape) == self.expand else out.reshape(x.shape[0], *dst_shape)
