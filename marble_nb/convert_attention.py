@@ -23,10 +23,10 @@ from .ops import DEFAULT_CHUNK, Operator, ShapeError, Synapses, numel
 
 # %% auto #0
 __all__ = ['SumLast', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention', 'add_attention',
-           'add_multihead_attention', 'add_head_mean', 'SequenceGraphs', 'MultiheadAttentionGraphs',
-           'convert_multihead_attention', 'add_feed_forward', 'add_encoder_layer', 'add_decoder_layer', 'add_encoder',
-           'add_decoder', 'TransformerGraphs', 'convert_transformer', 'sinusoidal_table', 'add_positional',
-           'add_rotary', 'add_mean_over_positions']
+           'add_scaled_dot_product_attention', 'add_multihead_attention', 'add_head_mean', 'SequenceGraphs',
+           'MultiheadAttentionGraphs', 'convert_multihead_attention', 'add_feed_forward', 'add_encoder_layer',
+           'add_decoder_layer', 'add_encoder', 'add_decoder', 'TransformerGraphs', 'convert_transformer',
+           'sinusoidal_table', 'add_positional', 'add_rotary', 'add_mean_over_positions']
 
 # %% ../nbs/15a_convert_attention.ipynb #43976d8b
 @dataclass(eq=False)
@@ -138,24 +138,32 @@ class Attention:
 
 def add_attention(
     graph: Graph,
-    q: str,  # (T, H*d) queries
-    k: str,  # (S, H*d) keys
-    v: str,  # (S, H*dv) values
+    q: str,  # (T, H*d) queries, heads side by side; or heads first (H, T, d) as F.scaled_dot_product_attention
+    k: str,  # (S, H*d) keys, or (H, S, d)
+    v: str,  # (S, H*dv) values, or (H, S, dv)
     heads: int,
     name: str,
     scale: float | None = None,  # default 1/sqrt(d)
     mask: Tensor | str | None = None,  # constant (T, S) additive mask, or an input group (T, S) / (H, T, S)
     key_padding: str | None = None,  # input group (S,) of additive numbers per key
 ) -> Attention:
-    "Multi-head scaled dot-product attention as product, sum and softmax neurons."
-    (t, e), (s, _), (_, ev) = graph.group(q).shape, graph.group(k).shape, graph.group(v).shape
-    d, dv = e // heads, ev // heads
+    "Multi-head scaled dot-product attention as product, sum and softmax neurons; output in the input's layout."
+    heads_first = len(graph.group(q).shape) == 3
+    if heads_first:
+        (_, t, d), (_, s, _), (_, _, dv) = graph.group(q).shape, graph.group(k).shape, graph.group(v).shape
+        views = [(heads, t, 1, d), (heads, 1, s, d), (heads, 1, s, dv)]
+        perms = [(0, 1, 2, 3), (0, 1, 2, 3), (0, 1, 3, 2)]
+    else:
+        (t, e), (s, _), (_, ev) = graph.group(q).shape, graph.group(k).shape, graph.group(v).shape
+        d, dv = e // heads, ev // heads
+        views = [(t, heads, 1, d), (1, s, heads, d), (1, s, heads, dv)]
+        perms = [(1, 0, 2, 3), (2, 0, 1, 3), (2, 0, 3, 1)]
     scale = 1 / math.sqrt(d) if scale is None else scale
     one = torch.tensor(1.0)
     o = dict(origin=name, origin_type="attention")
     graph.add_group(f"{name}.qk", (heads, t, s, d), "prod", **o)
-    graph.connect(q, f"{name}.qk", Rearrange(one, (t, heads, 1, d), (1, 0, 2, 3), (heads, t, s, d)))
-    graph.connect(k, f"{name}.qk", Rearrange(one, (1, s, heads, d), (2, 0, 1, 3), (heads, t, s, d)))
+    graph.connect(q, f"{name}.qk", Rearrange(one, views[0], perms[0], (heads, t, s, d)))
+    graph.connect(k, f"{name}.qk", Rearrange(one, views[1], perms[1], (heads, t, s, d)))
     bias = mask.to(torch.float32).expand(heads, t, s).reshape(-1).clone() if torch.is_tensor(mask) else None
     graph.add_group(f"{name}.scores", (heads, t, s), bias=bias, **o)
     graph.connect(f"{name}.qk", f"{name}.scores", SumLast(torch.tensor(float(scale))))
@@ -168,12 +176,33 @@ def add_attention(
     graph.connect(f"{name}.scores", f"{name}.attn", Rearrange.identity((heads, t, s)))
     graph.add_group(f"{name}.av", (heads, t, dv, s), "prod", **o)
     graph.connect(f"{name}.attn", f"{name}.av", Rearrange(one, (heads, t, 1, s), (0, 1, 2, 3), (heads, t, dv, s)))
-    graph.connect(v, f"{name}.av", Rearrange(one, (1, s, heads, dv), (2, 0, 3, 1), (heads, t, dv, s)))
+    graph.connect(v, f"{name}.av", Rearrange(one, views[2], perms[2], (heads, t, dv, s)))
     graph.add_group(f"{name}.heads", (heads, t, dv), **o)
     graph.connect(f"{name}.av", f"{name}.heads", SumLast(one))
-    graph.add_group(f"{name}.out", (t, ev), **o)
+    if heads_first:
+        return Attention(f"{name}.heads", f"{name}.attn")
+    graph.add_group(f"{name}.out", (t, heads * dv), **o)
     graph.connect(f"{name}.heads", f"{name}.out", Rearrange(one, (heads, t, dv), (1, 0, 2), (t, heads, dv)))
     return Attention(f"{name}.out", f"{name}.attn")
+
+
+def add_scaled_dot_product_attention(
+    graph: Graph,
+    q: str,  # (H, T, d): one sample of F.scaled_dot_product_attention's (B, H, T, d)
+    k: str,  # (H, S, d)
+    v: str,  # (H, S, dv)
+    name: str,
+    attn_mask: Tensor | None = None,  # (T, S) constant: bool True = may attend (SDPA's convention), or float added
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> str:
+    "F.scaled_dot_product_attention with its own mask conventions; returns the (H, T, dv) output group."
+    if is_causal and attn_mask is not None:
+        raise ValueError("scaled_dot_product_attention takes attn_mask or is_causal=True, not both")
+    heads, t, _ = graph.group(q).shape
+    s = graph.group(k).shape[1]
+    mask = causal_mask(t, s) if is_causal else additive_mask(attn_mask, allowed_when_true=True)
+    return add_attention(graph, q, k, v, heads, name, scale=scale, mask=mask).out
 
 # %% ../nbs/15a_convert_attention.ipynb #419a5dd3
 def _mha_weights(mha: nn.MultiheadAttention) -> list[tuple[Tensor, Tensor | None]]:
