@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .engine import run
-from .graph import Graph
+from .graph import Graph, GraphSummary
 from .convert_embed import Rearrange
 from .ops import Dense
 
@@ -209,6 +209,16 @@ class RecurrentNet:
         if self.state is not None:
             self.state = {k: v.to(device) for k, v in self.state.items()}
         return self
+
+    def summary(self) -> GraphSummary:
+        "One table over all step graphs: every group of every layer and direction, prefixed with its cell."
+        rows = [
+            dict(row, group=f"{g.name}.{row['group']}")
+            for layer in self.cells
+            for g in layer
+            for row in g.summary().rows
+        ]
+        return GraphSummary(f"{self.cell.upper()} step graphs", rows)
 
     def num_neurons(self) -> int:
         return sum(g.num_neurons() for layer in self.cells for g in layer)
