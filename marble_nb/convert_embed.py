@@ -5,7 +5,6 @@
 # %% ../nbs/14_convert_embed.ipynb #4e0ebcff
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,11 +16,9 @@ from .graph import Graph
 from .kinds import register_kind
 from .ops import DEFAULT_CHUNK, Gather, Operator, ShapeError, Sparse, Synapses, numel
 
-log = logging.getLogger("marble_nb")
-
 # %% auto #0
-__all__ = ['log', 'PerPosition', 'Rearrange', 'add_onehot', 'renormed_table', 'embedding_attrs', 'add_embedding',
-           'convert_embedding', 'add_embedding_bag', 'bag_inputs', 'convert_embedding_bag']
+__all__ = ['PerPosition', 'Rearrange', 'add_onehot', 'renormed_table', 'embedding_attrs', 'add_embedding', 'convert_embedding',
+           'add_embedding_bag', 'bag_inputs', 'convert_embedding_bag']
 
 # %% ../nbs/14_convert_embed.ipynb #654d4918
 @dataclass(eq=False)

@@ -75,11 +75,6 @@ def _combine(
         graph.connect(src, name, Rearrange.identity(n, w, start))
     return name
 
-
-def _chunks(t: Tensor | None, n: int) -> list[Tensor | None]:
-    "PyTorch's stacked gate weights/biases split into `n` gate blocks (None stays None)."
-    return [None] * n if t is None else list(t.detach().chunk(n, 0))
-
 # %% ../nbs/15_convert_recurrent.ipynb #a1032c49
 @dataclass
 class CellWeights:
