@@ -226,6 +226,11 @@ def _kaiming(gen: torch.Generator, *shape: int) -> Tensor:
     return torch.randn(*shape, generator=gen) * math.sqrt(2.0 / fan_in)
 
 
+def _bias(gen: torch.Generator, n: int) -> Tensor:
+    "Small random biases, as batch-norm folding leaves them."
+    return torch.randn(n, generator=gen) * 0.1
+
+
 def _residual_add(b: GraphBuilder, main: str, skip: str, name: str) -> str:
     "A relu group summing two groups of the same shape through identity Gathers (a residual connection)."
     shape = b.graph.group(main).shape
@@ -239,9 +244,9 @@ def _basic_block(b: GraphBuilder, x: str, c_out: int, stride: int, name: str, ge
     "ResNet basic block: 3×3 conv (relu), 3×3 conv, plus the input (1×1 strided conv when the shape changes)."
     c_in = b.graph.group(x).shape[0]
     h = b.conv2d(
-        x, _kaiming(gen, c_out, c_in, 3, 3), torch.zeros(c_out), stride, 1, activation="relu", name=f"{name}.conv1"
+        x, _kaiming(gen, c_out, c_in, 3, 3), _bias(gen, c_out), stride, 1, activation="relu", name=f"{name}.conv1"
     )
-    h = b.conv2d(h, _kaiming(gen, c_out, c_out, 3, 3) * 0.5, torch.zeros(c_out), 1, 1, name=f"{name}.conv2")
+    h = b.conv2d(h, _kaiming(gen, c_out, c_out, 3, 3) * 0.5, _bias(gen, c_out), 1, 1, name=f"{name}.conv2")
     skip = x
     if stride != 1 or c_in != c_out:
         skip = b.conv2d(x, _kaiming(gen, c_out, c_in, 1, 1), None, stride, 0, name=f"{name}.downsample")
@@ -254,10 +259,10 @@ def resnet18_graph(
     num_classes: int = 1000,
     seed: int = 0,  # weights are drawn from this seed
 ) -> Graph:
-    "A MARBLE graph with ResNet-18's layout and random weights, built with `GraphBuilder`."
+    "A MARBLE graph with ResNet-18's layout and random weights and biases, built with `GraphBuilder`."
     gen = torch.Generator().manual_seed(seed)
     b = GraphBuilder("resnet18")
-    x = b.conv2d(b.input((3, image_size, image_size)), _kaiming(gen, width, 3, 7, 7), torch.zeros(width), 2, 3,
+    x = b.conv2d(b.input((3, image_size, image_size)), _kaiming(gen, width, 3, 7, 7), _bias(gen, width), 2, 3,
                  activation="relu", name="conv1")  # fmt: skip
     pool_op = Conv(torch.ones(width, 1, 3, 3), stride=2, padding=1, groups=width)
     x = b.connect(x, b.group(pool_op.output_shape(b.graph.group(x).shape), "max", name="maxpool"), pool_op)
@@ -273,7 +278,7 @@ def resnet18_graph(
         torch.arange(c).repeat_interleave(h * w),
         torch.full((c * h * w,), 1 / (h * w)),
     )
-    return b.output(b.linear(pool, _kaiming(gen, num_classes, c) * 0.5, torch.zeros(num_classes), name="fc"))
+    return b.output(b.linear(pool, _kaiming(gen, num_classes, c) * 0.5, _bias(gen, num_classes), name="fc"))
 
 # %% ../nbs/50_inspect.ipynb #f29fcd9a
 COUNT_COLUMNS = ("neurons", "synapses", "parameters", "parameter_bytes")
