@@ -42,8 +42,8 @@ def _bind_sample(graph: Graph, sample: Tensor | tuple[Tensor, ...] | None) -> di
 
 
 def _fmt(v: float) -> str:
-    "A value for display: 4 significant digits."
-    return f"{v:.4g}"
+    "A value for display: 4 significant digits (and no negative zero)."
+    return f"{v + 0.0:.4g}"
 
 
 class NeuronInspector:
@@ -190,7 +190,8 @@ NeuronInspector.__str__ = report
 
 # %% ../nbs/51_widgets.ipynb #1b0b4fc3
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], title: str) -> str:
-    "An HTML table of synapse rows."
+    "An HTML table of synapse rows (the slot column only when some synapse goes into slot B or beyond)."
+    columns = tuple(c for c in columns if c != "slot" or any(r["slot"] for r in rows))
     head = "".join(f"<th style='text-align:left;padding:0 6px'>{c}</th>" for c in columns)
     body = ""
     for r in rows:
@@ -212,7 +213,9 @@ class InspectorWidget:
         self.inspector = inspector
         graph = inspector.graph
         options = [(f"{n} · {g.kind} · {_shape(g.shape)}", n) for n, g in graph.groups.items()]
-        self.group = w.Dropdown(options=options, value=inspector.group, description="group")
+        self.group = w.Dropdown(
+            options=options, value=inspector.group, description="group", layout=w.Layout(width="380px")
+        )
         self.index = w.BoundedIntText(value=inspector.index, min=0, max=graph.groups[inspector.group].size - 1,
                                       description="neuron", layout=w.Layout(width="180px"))  # fmt: skip
         self.search = w.Text(placeholder="12 · 5,20,20 · #1234 · fc[3] · max", description="search",
