@@ -327,7 +327,25 @@ def _figure(width: float, height: float):
     "A pyplot-free matplotlib Figure (no global state; displays in Jupyter, saves with savefig)."
     from matplotlib.figure import Figure
 
+    _enable_figure_display()
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _enable_figure_display() -> None:
+    "Let IPython show a returned Figure as PNG (it registers that only once pyplot is used)."
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from IPython.core.pylabtools import print_figure
+    from matplotlib.figure import Figure
+
+    png = shell.display_formatter.formatters["image/png"]
+    if Figure not in png.type_printers:
+        png.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
 
 # %% ../nbs/50_inspect.ipynb #f9648feb
 _COUNT_LABELS = {"neurons": "neurons", "synapses": "synapses (incoming)", "parameter_bytes": "parameter bytes"}
@@ -543,9 +561,10 @@ def plot_neurons(
     fig = _figure(1.8 * levels + 2.0, min(12.0, 1.5 + 0.22 * float(xy[:, 1].max() - xy[:, 1].min())))
     ax = fig.add_subplot()
     cmap = _draw_synapses(ax, xy[ei[0]], xy[ei[1]], w, slots)
-    _draw_neuron_dots(ax, graph, xy, range(graph.num_neurons()))
+    _draw_neuron_dots(ax, graph, xy)
     fig.colorbar(cmap, ax=ax, label="synapse weight", shrink=0.6)
-    ax.set_title(f"{graph.name}: {n} neurons, {e} synapses (dashed: into slot B)", fontsize=10)
+    dashed = " (dashed: into slot B)" if slots is not None and bool((slots == 1).any()) else ""
+    ax.set_title(f"{graph.name}: {n} neurons, {e} synapses{dashed}", fontsize=10)
     ax.set_axis_off()
     return fig
 
@@ -554,25 +573,17 @@ def _per_connection_counts(graph: Graph) -> list[tuple[Any, int]]:
     return [(c, graph._count(c)) for c in graph.connections]
 
 
-def _draw_neuron_dots(ax, graph: Graph, xy: Tensor, ids: Iterable[int], labels: list[str] | None = None) -> None:
-    "Neurons as dots coloured by kind, a legend of kinds, and optional labels beside them."
-    kinds = graph.neurons()
-    ids = list(ids)
-    names = [kinds.kinds[int(kinds.kind[i])] for i in ids]
-    for kind in dict.fromkeys(names):
-        sel = [i for i, k in zip(ids, names, strict=True) if k == kind]
+def _draw_neuron_dots(ax, graph: Graph, xy: Tensor) -> None:
+    "Every neuron as a dot coloured by its kind (legend below), each group named above its column."
+    table = graph.neurons()
+    for code, kind in enumerate(table.kinds):
+        sel = table.kind == code
         ax.scatter(xy[sel, 0], xy[sel, 1], s=28, c=_KIND_COLOURS.get(kind, "#DBDB8D"), edgecolors="#333333",
                    linewidths=0.6, zorder=2, label=kind)  # fmt: skip
-    ax.legend(loc="upper left", fontsize=7, frameon=False, title="kind", title_fontsize=7)
-    first = {}
-    for i in ids:
-        first.setdefault(graph.neurons().groups[int(kinds.group[i])], i)
-    if labels is None:  # one label per group, above its first neuron
-        for name, i in first.items():
-            ax.text(float(xy[i, 0]), float(xy[i, 1]) + 0.8, name, ha="center", fontsize=8)
-    else:
-        for i, text in zip(ids, labels, strict=True):
-            ax.text(float(xy[i, 0]) + 0.06, float(xy[i, 1]), text, fontsize=7, va="center")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(table.kinds), fontsize=7, frameon=False)
+    for name, first in graph.offsets().items():
+        ax.text(float(xy[first, 0]), float(xy[first, 1]) + 0.9, name, ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(float(xy[:, 1].min()) - 1.0, float(xy[:, 1].max()) + 2.5)
 
 # %% ../nbs/50_inspect.ipynb #61920109
 def plot_neighbourhood(
