@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .graph import Graph, GraphBuilder, GraphSummary
-from .kinds import GATE_NAMES
+from .kinds import GATE_NAMES, get_kind
 from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, Sparse, Synapses, numel
 
 # %% auto #0
@@ -460,9 +460,8 @@ def plot_layers(
         text = f"$\\bf{{{_tex(name)}}}${role}\n{g.kind} · {_shape(g.shape)} · {_si(g.size)} n"
         ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
     routes: list[tuple[float, float, float]] = []  # (y_low, y_high, x) of skip arrows already drawn
-    for c in graph.connections:
-        (x0, y0), (x1, y1) = pos[c.src], pos[c.dst]
-        label = f"{_op_label(c.op)} · {_si(graph._count(c))}" + ("  →B" if c.slot == 1 else "")
+    for (src, dst), label in _connection_labels(graph).items():
+        (x0, y0), (x1, y1) = pos[src], pos[dst]
         if y0 - y1 > 1.01:  # skips levels: route beside the boxes in between
             path, lx = _skip_route(pos, (x0, y0), (x1, y1), half_w, routes)
             arrow = FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=9, lw=0.8, color="#555555")
@@ -480,6 +479,15 @@ def plot_layers(
     ax.set_title(f"{graph.name}: {len(graph.groups)} groups, {_si(graph.num_neurons())} neurons, "
                  f"{_si(graph.num_synapses())} synapses", fontsize=fontsize + 2)  # fmt: skip
     return fig
+
+
+def _connection_labels(graph: Graph) -> dict[tuple[str, str], str]:
+    "One label per (source, target) pair: operator and synapse count of each connection, by slot for slot kinds."
+    labels: dict[tuple[str, str], list[str]] = {}
+    for c in graph.connections:
+        slot = f"{'AB'[c.slot] if c.slot < 2 else c.slot}: " if get_kind(graph.groups[c.dst].kind).slots > 1 else ""
+        labels.setdefault((c.src, c.dst), []).append(f"{slot}{_op_label(c.op)} · {_si(graph._count(c))}")
+    return {pair: "\n".join(parts) for pair, parts in labels.items()}
 
 
 def _skip_route(
