@@ -345,7 +345,7 @@ def _enable_figure_display() -> None:
 
     png = shell.display_formatter.formatters["image/png"]
     if Figure not in png.type_printers:
-        png.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
+        png.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches=None))  # layout is constrained
 
 # %% ../nbs/50_inspect.ipynb #f9648feb
 _COUNT_LABELS = {"neurons": "neurons", "synapses": "synapses (incoming)", "parameter_bytes": "parameter bytes"}
