@@ -210,14 +210,14 @@ def neuron_links(
         query = synapses_into if direction == "in" else synapses_out_of
         s = query(c.op, index, src_shape, dst_shape)
         names += [c.src if direction == "in" else c.dst] * len(s)
-        idx.append(s.src if direction == "in" else s.dst)
+        idx.append((s.src if direction == "in" else s.dst).cpu())  # small: one neuron's synapses
         w.append(s.weight.detach().cpu().float())
         slot.append(torch.full((len(s),), c.slot))
         conn.append(torch.full((len(s),), c_i))
     if not idx:
         empty = torch.zeros(0, dtype=torch.long)
         return Links([], empty, torch.zeros(0), empty, empty)
-    return Links(names, torch.cat(idx).cpu(), torch.cat(w), torch.cat(slot), torch.cat(conn))
+    return Links(names, torch.cat(idx), torch.cat(w), torch.cat(slot), torch.cat(conn))
 
 # %% ../nbs/50_inspect.ipynb #f428768b
 def _kaiming(gen: torch.Generator, *shape: int) -> Tensor:
