@@ -441,20 +441,21 @@ def layer_positions(graph: Graph) -> dict[str, tuple[float, float]]:
 def plot_layers(
     graph: Graph,
     fontsize: float = 7.5,
-    box_width: float = 0.8,  # box width in layout units (groups of one level are 1 unit apart)
+    box_width: float = 0.8,  # box width in layout units (groups of one level are 1 unit apart; more for long names)
 ):
     "Layer-level diagram of the data flow: groups (shape, kind, neurons) and connections (operator, synapses)."
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    pos = layer_positions(graph)
+    scale = max(1.0, max(len(n) for n in graph.groups) / 22)  # long group names: wider boxes, further apart
+    pos = {name: (x * scale, y) for name, (x, y) in layer_positions(graph).items()}
     span = max(x for x, _ in pos.values()) - min(x for x, _ in pos.values())
     n_levels = 1 - min(y for _, y in pos.values())
-    fig = _figure(2.6 * (span + 1) + 2.0, 0.95 * n_levels + 0.5)
+    fig = _figure(2.6 * (span + scale) + 2.0, 0.95 * n_levels + 0.5)
     ax = fig.add_subplot()
-    half_w, half_h = box_width / 2, 0.3
+    half_w, half_h = box_width * scale / 2, 0.3
     for name, (x, y) in pos.items():
         g = graph.groups[name]
-        ax.add_patch(FancyBboxPatch((x - half_w, y - half_h), box_width, 2 * half_h, boxstyle="round,pad=0.02",
+        ax.add_patch(FancyBboxPatch((x - half_w, y - half_h), 2 * half_w, 2 * half_h, boxstyle="round,pad=0.02",
                                     fc=_KIND_COLOURS.get(g.kind, "#DBDB8D"), ec="#444444", lw=0.8))  # fmt: skip
         role = " [in]" if name in graph.inputs else " [out]" if name in graph.outputs else ""
         text = f"$\\bf{{{_tex(name)}}}${role}\n{g.kind} · {_shape(g.shape)} · {_si(g.size)} n"
