@@ -498,18 +498,20 @@ def _skip_route(
     half_w: float,
     routes: list[tuple[float, float, float]],  # routes taken so far; the new one is appended
 ):
-    "Path of an arrow that skips levels: out of the source's side, past every box in between, into the target's side."
+    "Path of an arrow that skips levels: along the gaps between levels and beside every box it passes."
     from matplotlib.path import Path as MplPath
 
     (x0, y0), (x1, y1) = start, end
     side = 1.0 if x0 >= 0 else -1.0
-    between = [x for x, y in pos.values() if y1 <= y <= y0]
-    x = side * (max(side * v for v in between) + half_w + 0.12)
+    a, b = x0 + side * 0.6 * half_w, x1 + side * 0.6 * half_w  # leave and enter off-centre, beside straight arrows
+    between = [x for x, y in pos.values() if y1 < y < y0]
+    x = side * max([side * v + half_w + 0.12 for v in between] + [side * a, side * b])
     while any(lo < y0 and y1 < hi and abs(rx - x) < 0.05 for lo, hi, rx in routes):
         x += side * 0.12  # beside an earlier arrow that overlaps in height
+    lane = 0.36 + 0.03 * (len(routes) % 3)  # horizontal runs just outside the boxes, clear of the labels
     routes.append((y1, y0, x))
-    points = [(x0 + side * half_w, y0), (x, y0), (x, y1), (x1 + side * half_w, y1)]
-    return MplPath(points, [MplPath.MOVETO] + [MplPath.LINETO] * 3), x
+    points = [(a, y0 - 0.3), (a, y0 - lane), (x, y0 - lane), (x, y1 + lane), (b, y1 + lane), (b, y1 + 0.3)]
+    return MplPath(points, [MplPath.MOVETO] + [MplPath.LINETO] * 5), x
 
 
 def _tex(name: str) -> str:
