@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import singledispatch
@@ -18,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .graph import Graph, GraphBuilder, GraphSummary
+from .io import atomic_write
 from .kinds import GATE_NAMES, get_kind
 from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, Sparse, Synapses, numel
 
@@ -395,15 +394,7 @@ def save_counts_plot(
     if fmt not in ("png", "svg", "pdf"):
         raise ValueError(f"Cannot write a plot to {path.name!r}: the file name must end in .png, .svg or .pdf")
     fig = plot_counts(summary, log=log)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
 
 
 Graph.plot_counts = plot_counts
