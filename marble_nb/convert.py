@@ -360,8 +360,21 @@ def _map_refs(a: Any, fn: Callable[[Ref], Any]) -> Any:
     return a
 
 
+class _Root(nn.Module):
+    "Holds a model that is itself a registered layer, so the tracer sees it as one call."
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *xs: Tensor) -> Any:
+        return self.model(*xs)
+
+
 def trace(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[list[Call], str]:
     "Trace with torch.fx, falling back to recording a run; returns the calls and the method used."
+    if module_converter(model) is not None:
+        model = _Root(model)
     try:
         calls, method = trace_fx(model, example), "fx"
     except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, … on what it cannot follow
@@ -592,6 +605,10 @@ def _convert_call(ctx: Context, call: Call) -> Any:
         outs = [v for v in _outputs(ctx.resolve(call.args)) if isinstance(v, Value)]
         ctx.graph.set_outputs(*[ctx.source(v) for v in outs])
         return None
+    if call.kind in ("function", "method") and not _refs((call.args, call.kwargs)):
+        return _evaluate(call)  # arithmetic on sizes and constants: just compute it
+    if call.kind in ("function", "method") and not any(isinstance(v, Value) for v in _flat_values(ctx, call)):
+        return _evaluate(call, ctx.resolve(call.args), ctx.resolve(call.kwargs))
     converter = {"module": lambda: module_converter(call.target), "function": lambda: FUNCTIONS[call.target],
                  "method": lambda: METHODS[call.target]}[call.kind]()  # fmt: skip
     log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
@@ -606,3 +623,46 @@ def _convert_call(ctx: Context, call: Call) -> Any:
             f"the converter of {call.describe()} at {call.path} produced shape {value.shape}, PyTorch gives {call.shape}"
         )
     return value
+
+
+def _flat_values(ctx: Context, call: Call) -> list[Any]:
+    out, stack = [], [ctx.resolve(call.args), ctx.resolve(call.kwargs)]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, (list, tuple)):
+            stack.extend(a)
+        elif isinstance(a, dict):
+            stack.extend(a.values())
+        else:
+            out.append(a)
+    return out
+
+
+def _evaluate(call: Call, args: Any = None, kwargs: Any = None) -> Any:
+    "Compute a call whose arguments are all constants (sizes, scalars, constant tensors)."
+    args = call.args if args is None else args
+    kwargs = call.kwargs if kwargs is None else kwargs
+    if call.kind == "method":
+        return getattr(args[0], call.target)(*args[1:], **kwargs)
+    return call.target(*args, **kwargs)
+
+
+@register_function(getattr)
+def _convert_getattr(ctx: Context, call: Call) -> Any:
+    "Tensor attributes used for shape arithmetic: `.shape` (batch size 1 stands for any), `.dtype`, `.device`."
+    v, attr = ctx.arg(0), ctx.arg(1)
+    if attr == "shape":
+        return torch.Size((1, *v.shape))
+    if attr in ("dtype", "device"):
+        return getattr(torch.empty(0, device=ctx.device), attr)
+    raise ConversionError(f"attribute .{attr} of a traced tensor at {call.path} cannot be converted")
+
+
+@register_method("size", "dim")
+def _convert_size(ctx: Context, call: Call) -> Any:
+    "`x.size()`, `x.size(d)` and `x.dim()` of a traced tensor (batch size 1 stands for any)."
+    size = torch.Size((1, *ctx.arg(0).shape))
+    if call.target == "dim":
+        return len(size)
+    d = ctx.param(1, "dim")
+    return size if d is None else size[d]
