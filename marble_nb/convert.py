@@ -23,9 +23,10 @@ from .ops import Gather, Operator
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'register_module', 'register_function', 'register_method',
-           'module_converter', 'supported_layers', 'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value',
-           'trace_fx', 'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
+__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'register_module', 'register_function',
+           'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
+           'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'trace_fx', 'trace_by_running', 'trace',
+           'ConvertConfig', 'Context', 'convert_model']
 
 # %% ../nbs/11_convert.ipynb #7a1fd85a
 Converter = Callable[["Context", "Call"], "Value"]
@@ -68,6 +69,17 @@ def register_method(*names: str) -> Callable[[Converter], Converter]:
     return decorator
 
 
+BUILTIN_CONVERTERS = ["marble_nb.convert_layers"]  # modules whose import registers the built-in converters
+
+
+def load_builtin_converters() -> None:
+    "Import the modules that register the built-in converters (they import this one, so they load on first use)."
+    import importlib
+
+    for name in BUILTIN_CONVERTERS:
+        importlib.import_module(name)
+
+
 def module_converter(module: nn.Module) -> Converter | None:
     "The converter for `module`, looked up along its type's MRO (the most specific registration wins)."
     for t in type(module).__mro__:
@@ -78,6 +90,7 @@ def module_converter(module: nn.Module) -> Converter | None:
 
 def supported_layers() -> dict[str, list[str]]:
     "The inventory of the registry: supported module types, functions and tensor methods, by name."
+    load_builtin_converters()
     return dict(
         modules=sorted(t.__name__ for t in MODULES),
         functions=sorted({_qualname(f) for f in FUNCTIONS}),
@@ -88,6 +101,7 @@ def supported_layers() -> dict[str, list[str]]:
 def _qualname(f: Any) -> str:
     module = getattr(f, "__module__", None) or ""
     name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or repr(f)
+    name = name.removeprefix("_VariableFunctionsClass.")
     if module in ("_operator", "operator"):
         return f"operator.{name}"
     if module.startswith("torch.nn.functional") or module == "torch._C._nn":
@@ -570,6 +584,7 @@ def convert_model(
 ) -> Graph | GraphSummary:
     "Convert a PyTorch model into a MARBLE graph (or its summary with `dry_run=True`)."
     config = config if isinstance(config, ConvertConfig) else ConvertConfig(**(config or {}))
+    load_builtin_converters()
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
