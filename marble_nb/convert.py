@@ -5,6 +5,7 @@
 # %% ../nbs/11_convert.ipynb #be00c5ed
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from collections.abc import Callable
@@ -410,7 +411,16 @@ class ConvertConfig:
     fold_batchnorm: bool = True  # fold eval-mode BatchNorm into the preceding conv/linear when possible
     fuse_activations: bool = True  # give a linear group the following activation instead of a new group
     dtype: str = "float32"  # weight dtype of the graph
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per module path: options for its converter
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # module path -> options for that call only
+
+    def for_call(self, path: str) -> ConvertConfig:
+        "This config with the overrides for module `path` applied."
+        if path not in self.overrides:
+            return self
+        unknown = set(self.overrides[path]) - {f.name for f in dataclasses.fields(self)} - {"overrides"}
+        if unknown:
+            raise ConversionError(f"overrides for {path!r}: unknown option(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **self.overrides[path])
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -596,7 +606,7 @@ def convert_model(
         graph = Graph(name or type(model).__name__, metadata=dict(source=type(model).__name__, traced_by=method))
         ctx = Context(graph, config, device)
         for call in calls:
-            ctx.call = call
+            ctx.call, ctx.config = call, config.for_call(call.path)
             ctx.values.append(_convert_call(ctx, call))
     finally:
         model.train(was_training)
