@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +13,7 @@ from torch import Tensor, nn
 
 from .graph import Graph, GraphError, Group
 from .kinds import get_kind
-from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, index_dtype
+from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, Sparse
 
 MODES = ("compact", "synapse")
 
@@ -133,63 +132,48 @@ def _activate(group: Group, pre: Tensor) -> Tensor:
     return get_kind(group.kind).activation(pre, group)
 
 # %% ../nbs/03_engine.ipynb #ffae98ba
-@dataclass
-class _Plan:
-    "Explicit synapses into one target group, ready for message passing."
-
-    src: Tensor  # global source id (int32 when it fits)
-    row: Tensor  # target row: local id * slots + slot (int32 when it fits)
-    weight: Tensor
-    degree: Tensor | None  # incoming synapses per target (mean aggregation)
-
-
-def _plan(graph: Graph, name: str, device: Any) -> _Plan:
-    "Materialise the synapses into group `name` once."
-    group, kind = graph.groups[name], get_kind(graph.groups[name].kind)
-    offsets = graph.offsets()
-    src, row, weight = [], [], []
-    for c in graph.incoming(name):
-        for b in c.op.synapses(graph.groups[c.src].shape, group.shape):
-            src.append(b.src.to(device) + offsets[c.src])
-            row.append(b.dst.to(device) * kind.slots + c.slot)
-            weight.append(b.weight.to(device))
-    if not src:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return _Plan(empty, empty, torch.zeros(0, device=device), None)
-    row_t, src_t = torch.cat(row), torch.cat(src)
-    degree = torch.bincount(row_t, minlength=group.size) if kind.aggregate == "mean" else None
-    idx = index_dtype(max(graph.num_neurons(), group.size * kind.slots) + 1)  # int32: half the plan's memory
-    return _Plan(src_t.to(idx), row_t.to(idx), torch.cat(weight), degree)
-
-
-def _plans(graph: Graph, device: Any) -> dict[str, _Plan]:
-    "Synapse plans for every non-input group, cached on the graph until its topology changes."
-    key = (graph.version, str(device))
-    cache = graph.__dict__.get("_plan_cache")
-    if cache is None or cache[0] != key:
-        plans = {n: _plan(graph, n, device) for n in graph.groups if n not in graph.inputs}
-        graph.__dict__["_plan_cache"] = cache = (key, plans)
+def _explicit(graph: Graph) -> dict[int, Sparse]:
+    "Each connection as explicit CSR synapses (Sparse ops as they are), cached per graph version."
+    cache = graph.__dict__.get("_explicit_cache")
+    if cache is None or cache[0] != graph.version:
+        ops = {}
+        for c in graph.connections:
+            s, d = graph.groups[c.src].shape, graph.groups[c.dst].shape
+            ops[id(c)] = c.op if isinstance(c.op, Sparse) else c.op.materialize(s, d)
+        graph.__dict__["_explicit_cache"] = cache = (graph.version, ops)
     return cache[1]
 
 
-def _message_pass(plan: _Plan, act: Tensor, group: Group, chunk: int) -> Tensor:
-    "Gather source activations, weight them and aggregate into the group's pre-activation rows."
+def _message_pass(graph: Graph, group: Group, values: dict[str, Tensor], batch: int, chunk: int) -> Tensor:
+    "The pre-activation of `group`, aggregated over its explicit incoming synapses."
     kind = get_kind(group.kind)
-    agg = "sum" if kind.aggregate == "mean" else kind.aggregate
-    rows = group.size * kind.slots
-    pre = act.new_full((act.shape[0], rows), REDUCE_IDENTITY[agg])
-    step = max(1, chunk // max(act.shape[0], 1))
-    for s0 in range(0, plan.src.numel(), step):
-        s = slice(s0, s0 + step)
-        msg = act[:, plan.src[s]] * plan.weight[s].to(act.dtype)
+    agg = "sum" if kind.aggregate == "mean" or kind.slots > 1 else kind.aggregate
+    explicit = _explicit(graph)
+    like = next(iter(values.values()))
+    pre = like.new_full((batch, group.size, kind.slots), REDUCE_IDENTITY[agg])
+    degree = torch.zeros(group.size, device=like.device) if kind.aggregate == "mean" else None
+    for c in graph.incoming(group.name):
+        op, x = explicit[id(c)], values[c.src].reshape(batch, -1)
         if agg == "sum":
-            pre.index_add_(1, plan.row[s], msg)
+            pre[..., c.slot] += (op.as_csr(x.dtype) @ x.T).T
         else:
-            pre.scatter_reduce_(1, plan.row[s].long().expand_as(msg), msg, SCATTER_REDUCE[agg])
-    if plan.degree is not None:
-        pre = pre / plan.degree.clamp_min(1).to(pre)
-    shape = (act.shape[0], *group.shape, kind.slots) if kind.slots > 1 else (act.shape[0], *group.shape)
-    return pre.reshape(shape)
+            _scatter_reduce(pre[..., c.slot], op, x, agg, chunk)
+        if degree is not None:
+            degree += (op.indptr[1:] - op.indptr[:-1]).to(degree)
+    if degree is not None:
+        pre = pre / degree.clamp_min(1)[:, None]
+    pre = pre if kind.slots > 1 else pre[..., 0]
+    return pre.reshape(batch, *group.shape, *((kind.slots,) if kind.slots > 1 else ()))
+
+
+def _scatter_reduce(out: Tensor, op: Sparse, x: Tensor, agg: str, chunk: int) -> None:
+    "Reduce weight × source into `out` (batch, targets) over the synapses of `op`, a bounded chunk at a time."
+    step = max(1, chunk // max(x.shape[0], 1))
+    for s0 in range(0, op.src.numel(), step):
+        s = slice(s0, s0 + step)
+        rows = torch.searchsorted(op.indptr[1:].long(), torch.arange(s0, min(s0 + step, op.src.numel())), right=True)
+        msg = x[:, op.src[s].long()] * op.weight[s].to(x.dtype)
+        out.scatter_reduce_(1, rows.expand_as(msg), msg, SCATTER_REDUCE[agg])
 
 # %% ../nbs/03_engine.ipynb #a4df7d42
 Hook = Callable[[Graph, int, dict[str, Tensor]], None]
@@ -213,7 +197,7 @@ def run_all(
     if mode == "compact":
         _run_compact(graph, values, batch, like, hook)
     else:
-        _run_synapse(graph, values, batch, like, chunk, hook)
+        _run_synapse(graph, values, batch, chunk, hook)
     return values
 
 
@@ -247,26 +231,13 @@ def _run_compact(graph: Graph, values: dict[str, Tensor], batch: int, like: Tens
             hook(graph, i, values)
 
 
-def _run_synapse(
-    graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor, chunk: int, hook: Hook | None
-) -> None:
-    version, i = None, 0
-    while True:
-        if graph.version != version:  # first pass, or the hook grew the graph: refresh plans and buffer
-            version, plans, offsets = graph.version, _plans(graph, like.device), graph.offsets()
-            act = like.new_zeros(batch, graph.num_neurons())
-            for name, v in values.items():
-                act[:, offsets[name] : offsets[name] + graph.groups[name].size] = v.reshape(batch, -1)
-        levels = _levels(graph)
-        if i >= len(levels):
-            return
+def _run_synapse(graph: Graph, values: dict[str, Tensor], batch: int, chunk: int, hook: Hook | None) -> None:
+    i = 0
+    while i < len(levels := _levels(graph)):  # levels are re-read: a hook may have grown the graph
         for name in levels[i]:
-            if name in values:
-                continue
-            group = graph.groups[name]
-            out = _activate(group, _message_pass(plans[name], act, group, chunk))
-            values[name] = out
-            act[:, offsets[name] : offsets[name] + group.size] = out.reshape(batch, -1)
+            if name not in values:
+                group = graph.groups[name]
+                values[name] = _activate(group, _message_pass(graph, group, values, batch, chunk))
         if hook is not None:
             hook(graph, i, values)
         i += 1

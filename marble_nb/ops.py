@@ -220,9 +220,10 @@ class Sparse(Operator):
         "The synapses as a sparse CSR matrix [n_target, n_source] (built from validated indices, so unchecked)."
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            same = self.indptr.dtype == self.src.dtype  # int32 pairs are used as they are: no copy
             return torch.sparse_csr_tensor(
-                self.indptr.long(),
-                self.src.long(),
+                self.indptr if same else self.indptr.long(),
+                self.src if same else self.src.long(),
                 self.weight.to(dtype or self.weight.dtype),
                 (self.n_dst, self.n_src),
                 check_invariants=False,
