@@ -10,16 +10,14 @@ forward pass, minus RSS before) so that earlier work does not hide it.
 """
 
 import io
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _measure import median_time, peak_rss_growth  # noqa: E402
 from test_convert import randomise_batchnorm, resnet18_shaped  # noqa: E402
 
 from marble_nb.convert import convert_model  # noqa: E402
@@ -48,44 +46,19 @@ def make_network(name: str) -> tuple[nn.Module, tuple[int, ...]]:
 NETWORKS = ("mlp", "cnn", "resnet18")
 
 
-def median_time(fn) -> float:
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def peak_extra_bytes(name: str) -> tuple[int, int]:
-    "Convert in a fresh process, sampling its RSS; returns (peak RSS growth during conversion, parameter bytes)."
-    code = f"""
-import sys, threading, time, psutil, torch
-sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from convert import make_network
-from marble_nb.convert import convert_model, load_builtin_converters
-load_builtin_converters()
-warm = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2))
-convert_model(warm, torch.randn(1, 1, 4, 4))
-model, shape = make_network({name!r})  # after a warm-up conversion: one-time costs (imports, caches) excluded
-x = torch.randn(1, *shape)
-proc, peak, done = psutil.Process(), [0], threading.Event()
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], proc.memory_info().rss)
-        time.sleep(0.0005)
-before = proc.memory_info().rss
-thread = threading.Thread(target=sample)
-thread.start()
-graph = convert_model(model, x)
-done.set()
-thread.join()
-peak[0] = max(peak[0], proc.memory_info().rss)
-print(peak[0] - before, sum(p.numel() * p.element_size() for p in model.parameters()))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    return int(out[0]), int(out[1])
+    "Peak RSS growth while converting network `name` in a fresh process (after a warm-up), and its parameter bytes."
+    setup = (
+        "import torch\nfrom convert import make_network\n"
+        "from marble_nb.convert import convert_model, load_builtin_converters\nload_builtin_converters()\n"
+        "warm = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2))\n"
+        "convert_model(warm, torch.randn(1, 1, 4, 4))  # one-time costs (imports, caches) excluded\n"
+        f"model, shape = make_network({name!r})\nx = torch.randn(1, *shape)"
+    )
+    growth, params = peak_rss_growth(
+        setup, "convert_model(model, x)", "sum(p.numel() * p.element_size() for p in model.parameters())"
+    )
+    return growth, int(params)
 
 
 def main() -> None:
@@ -93,11 +66,11 @@ def main() -> None:
     for name in NETWORKS:
         model, shape = make_network(name)
         x = torch.randn(1, *shape)
-        t_save = median_time(lambda m=model: torch.save(m.state_dict(), io.BytesIO()))
-        t_convert = median_time(lambda m=model, x=x: convert_model(m, x))
+        t_save = median_time(lambda m=model: torch.save(m.state_dict(), io.BytesIO()), REPEATS)
+        t_convert = median_time(lambda m=model, x=x: convert_model(m, x), REPEATS)
         with torch.no_grad():
-            t_forward = median_time(lambda m=model, x=x: m(x))
-        t_dry = median_time(lambda m=model, x=x: convert_model(m, x, dry_run=True))
+            t_forward = median_time(lambda m=model, x=x: m(x), REPEATS)
+        t_dry = median_time(lambda m=model, x=x: convert_model(m, x, dry_run=True), REPEATS)
         extra, params = peak_extra_bytes(name)
         rows.append((name, t_convert / t_save, t_dry / t_forward, extra / params, t_convert, t_save, t_dry, t_forward))
     print(
