@@ -314,8 +314,11 @@ def bag_inputs(
     per_sample_weights: Tensor | None = None,  # one weight per id (mode "sum" only, as PyTorch)
     include_last_offset: bool = False,  # True: `offsets` ends with len(input) (CSR style)
     bag_len: int | None = None,  # pad bags to this length (the graph's); default: the longest bag
+    mode: str = "sum",  # the bag's mode: per-sample weights are only defined for "sum"
 ) -> tuple[Tensor, Tensor]:
     "Padded `(bags, L)` ids and position weights for an EmbeddingBag graph, from PyTorch's input forms."
+    if per_sample_weights is not None and mode != "sum":
+        raise ValueError(f"per_sample_weights are only supported with mode='sum' (as in PyTorch), got mode={mode!r}")
     if input.dim() == 2:
         if offsets is not None:
             raise ValueError("offsets must be None when input is 2-D (bags, L): each row is one bag")
