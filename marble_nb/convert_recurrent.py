@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .convert import Call, ConversionError, Context, Value, register_module
+from .convert_embed import Rearrange, own_origins
 from .engine import run
 from .graph import Graph, GraphSummary
-from .convert_embed import Rearrange
 from .ops import Dense
 
 log = logging.getLogger("marble_nb")
@@ -594,3 +595,20 @@ def load_recurrent(path: str | Path) -> RecurrentNet:
     from marble_nb.io import load
 
     return recurrent_from_bundle(load(path))
+
+# %% ../nbs/15_convert_recurrent.ipynb #0ba553e3
+@register_module(nn.RNN, nn.LSTM, nn.GRU)
+def _convert_rnn(ctx: Context, call: Call) -> tuple[Value, None]:
+    "nn.RNN/LSTM/GRU (batch_first, zero initial state) unrolled over the example's length: (output, None)."
+    module = call.module
+    if not module.batch_first:
+        raise ConversionError(
+            f"{call.path}: convert_model treats dim 0 as the batch, so {type(module).__name__} must be "
+            "batch_first=True (or convert it alone with convert_recurrent)"
+        )
+    if ctx.param(1, "hx") is not None:
+        raise ConversionError(f"{call.path}: an initial state is not supported here; use convert_recurrent for state")
+    before = set(ctx.graph.groups)
+    out = add_recurrent(ctx.graph, ctx.source(ctx.arg(0)), module, ctx.name())
+    own_origins(ctx.graph, before, out, call.path)
+    return ctx.result(out), None
