@@ -25,7 +25,8 @@ log = logging.getLogger("marble_nb")
 # %% auto #0
 __all__ = ['log', 'RECURRENT_CELLS', 'CellWeights', 'rnn_cell_graph', 'lstm_cell_graph', 'gru_cell_graph', 'RecurrentError',
            'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell', 'graft_graph',
-           'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle', 'save_recurrent', 'load_recurrent']
+           'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle', 'save_recurrent', 'load_recurrent',
+           'restore_hidden']
 
 # %% ../nbs/15_convert_recurrent.ipynb #30772b0f
 def _gate(
@@ -612,3 +613,20 @@ def _convert_rnn(ctx: Context, call: Call) -> tuple[Value, None]:
     out = add_recurrent(ctx.graph, ctx.source(ctx.arg(0)), module, ctx.name())
     own_origins(ctx.graph, before, out, call.path)
     return ctx.result(out), None
+
+# %% ../nbs/15_convert_recurrent.ipynb #84ea94d4
+def restore_hidden(module: nn.RNNBase, path: str | Path) -> RecurrentNet:
+    "Convert `module` and load the stream state saved (by `save_recurrent`) in `path`."
+    if not isinstance(module, nn.RNNBase):
+        raise RecurrentError(f"restoring a hidden state needs an nn.RNN/LSTM/GRU model, got {type(module).__name__}")
+    net, saved = convert_recurrent(module), load_recurrent(path)
+    layout = lambda n: (n.cell, n.num_layers, n.directions, n.state_sizes())  # noqa: E731
+    if layout(saved) != layout(net):
+        raise RecurrentError(
+            f"{path} holds a {saved.cell.upper()} with (layers, directions, state sizes) "
+            f"{layout(saved)[1:]}, but the model is a {net.cell.upper()} with {layout(net)[1:]}"
+        )
+    if saved.state is None:
+        raise RecurrentError(f"{path} holds no stream state: save the network after stream() to keep one")
+    net.state = saved.state
+    return net
