@@ -108,3 +108,46 @@ def test_inventory_and_layout_errors():
     assert "torch.nn.functional.scaled_dot_product_attention" in supported_layers()["functions"]
     with pytest.raises(ConversionError, match="batch_first=True"):
         convert_model(nn.Sequential(nn.GRU(3, 3)), torch.randn(2, 3, 3))
+
+
+class Mixed(nn.Module):
+    "Embedding -> LSTM -> self-attention -> mean over time -> linear head: every sequence family in one model."
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        x = self.lstm(self.embed(ids))[0]
+        x = self.attn(x, x, x, need_weights=False)[0]
+        return self.head(x.mean(1))
+
+
+def test_whole_sequence_model():
+    torch.manual_seed(5)
+    model = Mixed().eval()
+    ids = torch.randint(0, 10, (3, 6))
+    graph = convert_model(model, ids)
+    for mode in MODES:
+        report = validate(model, graph, ids, mode=mode)
+        assert report.passed, report
+
+
+def test_early_exit_classifier_in_convert_model():
+    torch.manual_seed(6)
+    from marble_nb.control_flow import MaxOverLast, Threshold
+
+    head = nn.Linear(8, 3)
+    model = nn.Sequential(
+        nn.Linear(4, 8),
+        nn.ReLU(),
+        Cond(Threshold(nn.Sequential(head, nn.Softmax(-1), MaxOverLast()), 0.5), [nn.Linear(8, 3), head]),
+    ).eval()
+    x = torch.randn(32, 4) * 3
+    graph = convert_model(model, x)
+    with torch.no_grad():
+        for mode in MODES:
+            torch.testing.assert_close(run(graph, x, mode=mode), model(x), atol=1e-5, rtol=1e-4)
