@@ -5,20 +5,21 @@
 # %% ../nbs/03_engine.ipynb #d6ada517
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .graph import Graph, GraphError, Group
 from .kinds import get_kind
-from .ops import REDUCE_IDENTITY, SCATTER_REDUCE
+from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, index_dtype
 
 MODES = ("compact", "synapse")
 
 # %% auto #0
-__all__ = ['MODES', 'run_all', 'run']
+__all__ = ['MODES', 'Hook', 'state_inputs', 'set_state', 'run_all', 'run', 'Runner', 'MarbleModule']
 
 # %% ../nbs/03_engine.ipynb #754195a7
 def _bind_inputs(graph: Graph, inputs: tuple[Tensor, ...], device: Any) -> dict[str, Tensor]:
@@ -38,6 +39,47 @@ def _bind_inputs(graph: Graph, inputs: tuple[Tensor, ...], device: Any) -> dict[
             )
         values[name] = x.reshape(x.shape[0], *group.shape)
     return values
+
+# %% ../nbs/03_engine.ipynb #38ef324d
+def state_inputs(graph: Graph) -> dict[str, str]:
+    "The graph's state map: state input group -> group whose value it takes at the next step."
+    return dict(graph.metadata.get("recurrent_state", {}))
+
+
+def set_state(graph: Graph, mapping: dict[str, str]) -> None:
+    "Declare recurrent state: each key (an input group) takes the value of its group at the next step."
+    for state_in, src in mapping.items():
+        if state_in not in graph.inputs:
+            raise GraphError(f"state input {state_in!r} must be one of the graph's inputs {graph.inputs}")
+        if graph.group(state_in).size != graph.group(src).size:
+            raise GraphError(
+                f"state {state_in!r} has {graph.group(state_in).size} neurons but {src!r} has {graph.group(src).size}"
+            )
+    graph.metadata["recurrent_state"] = dict(mapping)
+
+
+def _with_state(graph: Graph, inputs: tuple, state: dict[str, Tensor] | None, device: Any) -> tuple:
+    "The full input tuple in graph order: positional inputs for ordinary inputs, state (or zeros) for state inputs."
+    states = state_inputs(graph)
+    if not states:
+        if state:
+            raise GraphError(f"Graph {graph.name!r} has no recurrent state; do not pass state=")
+        return inputs
+    plain = [n for n in graph.inputs if n not in states]
+    if len(inputs) != len(plain):
+        raise GraphError(
+            f"Graph {graph.name!r} takes {len(plain)} input(s) {plain} besides its state, got {len(inputs)}"
+        )
+    given, state = iter(inputs), dict(state or {})
+    batch = inputs[0].shape[0] if inputs else 1
+    out = []
+    for name in graph.inputs:
+        if name in states:
+            default = torch.zeros(batch, *graph.groups[name].shape, device=device)
+            out.append(state.get(name, default))
+        else:
+            out.append(next(given))
+    return tuple(out)
 
 # %% ../nbs/03_engine.ipynb #5353e384
 def _combine(parts: list[Tensor], aggregate: str) -> Tensor:
@@ -95,8 +137,8 @@ def _activate(group: Group, pre: Tensor) -> Tensor:
 class _Plan:
     "Explicit synapses into one target group, ready for message passing."
 
-    src: Tensor  # int64 global source id
-    row: Tensor  # int64 target row: local id * slots + slot
+    src: Tensor  # global source id (int32 when it fits)
+    row: Tensor  # target row: local id * slots + slot (int32 when it fits)
     weight: Tensor
     degree: Tensor | None  # incoming synapses per target (mean aggregation)
 
@@ -114,9 +156,10 @@ def _plan(graph: Graph, name: str, device: Any) -> _Plan:
     if not src:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return _Plan(empty, empty, torch.zeros(0, device=device), None)
-    row_t = torch.cat(row)
+    row_t, src_t = torch.cat(row), torch.cat(src)
     degree = torch.bincount(row_t, minlength=group.size) if kind.aggregate == "mean" else None
-    return _Plan(torch.cat(src), row_t, torch.cat(weight), degree)
+    idx = index_dtype(max(graph.num_neurons(), group.size * kind.slots) + 1)  # int32: half the plan's memory
+    return _Plan(src_t.to(idx), row_t.to(idx), torch.cat(weight), degree)
 
 
 def _plans(graph: Graph, device: Any) -> dict[str, _Plan]:
@@ -142,67 +185,162 @@ def _message_pass(plan: _Plan, act: Tensor, group: Group, chunk: int) -> Tensor:
         if agg == "sum":
             pre.index_add_(1, plan.row[s], msg)
         else:
-            pre.scatter_reduce_(1, plan.row[s].expand_as(msg), msg, SCATTER_REDUCE[agg])
+            pre.scatter_reduce_(1, plan.row[s].long().expand_as(msg), msg, SCATTER_REDUCE[agg])
     if plan.degree is not None:
         pre = pre / plan.degree.clamp_min(1).to(pre)
     shape = (act.shape[0], *group.shape, kind.slots) if kind.slots > 1 else (act.shape[0], *group.shape)
     return pre.reshape(shape)
 
 # %% ../nbs/03_engine.ipynb #a4df7d42
+Hook = Callable[[Graph, int, dict[str, Tensor]], None]
+
+
 def run_all(
     graph: Graph,
-    *inputs: Tensor,  # one batch-first tensor per graph input
+    *inputs: Tensor,  # one batch-first tensor per graph input (state inputs excluded, see `state_inputs`)
     mode: str = "compact",  # "compact" (PyTorch kernels) or "synapse" (message passing)
+    state: dict[str, Tensor] | None = None,  # values of the state inputs (default: zeros)
     device: Any = None,  # where to compute; default: the first input's device
     chunk: int = 1 << 24,  # synapse mode: bound on batch × synapses per gather
+    hook: Hook | None = None,  # called after each level as hook(graph, level, values); may grow the graph
 ) -> dict[str, Tensor]:
     "Execute `graph` and return the value of every group, batch-first (for validation and inspection)."
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose one of {MODES}")
     device = device if device is not None else (inputs[0].device if inputs and torch.is_tensor(inputs[0]) else None)
-    values = _bind_inputs(graph, inputs, device)
+    values = _bind_inputs(graph, _with_state(graph, inputs, state, device), device)
     batch, like = next(iter(values.values())).shape[0], next(iter(values.values()))
     if mode == "compact":
-        _run_compact(graph, values, batch, like)
+        _run_compact(graph, values, batch, like, hook)
     else:
-        _run_synapse(graph, values, batch, like, chunk)
+        _run_synapse(graph, values, batch, like, chunk, hook)
     return values
 
 
 def run(
     graph: Graph,
-    *inputs: Tensor,  # one batch-first tensor per graph input
+    *inputs: Tensor,  # one batch-first tensor per graph input (state inputs excluded)
     mode: str = "compact",  # "compact" (PyTorch kernels) or "synapse" (message passing)
+    state: dict[str, Tensor] | None = None,  # recurrent graphs: state from the previous call (default zeros)
     device: Any = None,  # where to compute; default: the first input's device
     chunk: int = 1 << 24,  # synapse mode: bound on batch × synapses per gather
-) -> Tensor | tuple[Tensor, ...]:
-    "Execute `graph` on `inputs`; returns the output group(s), batch-first, shaped like the groups."
+    hook: Hook | None = None,  # called after each level; may add neurons/synapses to later levels
+) -> Tensor | tuple[Tensor, ...] | tuple[Any, dict[str, Tensor]]:
+    "Execute `graph`; returns its output(s), and for a recurrent graph `(outputs, new_state)`."
     if not graph.outputs:
         raise GraphError(f"Graph {graph.name!r} has no outputs: call graph.set_outputs(...)")
-    values = run_all(graph, *inputs, mode=mode, device=device, chunk=chunk)
+    values = run_all(graph, *inputs, mode=mode, state=state, device=device, chunk=chunk, hook=hook)
     outs = tuple(values[n] for n in graph.outputs)
-    return outs[0] if len(outs) == 1 else outs
+    outs = outs[0] if len(outs) == 1 else outs
+    if not state_inputs(graph):
+        return outs
+    return outs, {name: values[src] for name, src in state_inputs(graph).items()}
 
 
-def _run_compact(graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor) -> None:
-    for level in graph.levels():
+def _run_compact(graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor, hook: Hook | None) -> None:
+    for i, level in enumerate(_levels(graph)):
         for name in level:
             if name not in values:
                 group = graph.groups[name]
                 values[name] = _activate(group, _compact_pre(graph, group, values, batch, like))
+        if hook is not None:
+            hook(graph, i, values)
 
 
-def _run_synapse(graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor, chunk: int) -> None:
-    plans = _plans(graph, like.device)
-    offsets = graph.offsets()
-    act = like.new_zeros(batch, graph.num_neurons())
-    for name in graph.inputs:
-        act[:, offsets[name] : offsets[name] + graph.groups[name].size] = values[name].reshape(batch, -1)
-    for level in graph.levels():
-        for name in level:
+def _run_synapse(
+    graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor, chunk: int, hook: Hook | None
+) -> None:
+    version, i = None, 0
+    while True:
+        if graph.version != version:  # first pass, or the hook grew the graph: refresh plans and buffer
+            version, plans, offsets = graph.version, _plans(graph, like.device), graph.offsets()
+            act = like.new_zeros(batch, graph.num_neurons())
+            for name, v in values.items():
+                act[:, offsets[name] : offsets[name] + graph.groups[name].size] = v.reshape(batch, -1)
+        levels = _levels(graph)
+        if i >= len(levels):
+            return
+        for name in levels[i]:
             if name in values:
                 continue
             group = graph.groups[name]
             out = _activate(group, _message_pass(plans[name], act, group, chunk))
             values[name] = out
             act[:, offsets[name] : offsets[name] + group.size] = out.reshape(batch, -1)
+        if hook is not None:
+            hook(graph, i, values)
+        i += 1
+
+
+def _levels(graph: Graph) -> list[list[str]]:
+    "Topological levels, cached per graph version."
+    cache = graph.__dict__.get("_levels_cache")
+    if cache is None or cache[0] != graph.version:
+        graph.__dict__["_levels_cache"] = cache = (graph.version, graph.levels())
+    return cache[1]
+
+# %% ../nbs/03_engine.ipynb #b8a06fff
+class Runner:
+    "Steps a recurrent graph through a stream, keeping its state between calls."
+
+    def __init__(self, graph: Graph, mode: str = "compact", device: Any = None):
+        self.graph, self.mode, self.device = graph, mode, device
+        self.state: dict[str, Tensor] | None = None
+
+    def step(self, *inputs: Tensor) -> Any:
+        "One step: the outputs for these inputs, given everything fed since the last reset."
+        outs, self.state = run(self.graph, *inputs, mode=self.mode, state=self.state, device=self.device)
+        return outs
+
+    def reset(self) -> None:
+        "Forget the state: the next step starts from zeros."
+        self.state = None
+
+# %% ../nbs/03_engine.ipynb #0003732e
+class MarbleModule(nn.Module):
+    "A MARBLE graph as an `nn.Module` (compact or synapse mode), its tensors registered as parameters/buffers."
+
+    def __init__(self, graph: Graph, mode: str = "compact"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+        self.graph, self.mode = graph.copy(), mode
+        self._slots: list[tuple[Any, str, str, str]] = []  # (owner, kind of owner, field, registered name)
+        for i, c in enumerate(self.graph.connections):
+            for name, t in c.op.tensors().items():
+                self._register(f"connections_{i}_{name}", t, (c.op, "op", name))
+        for i, g in enumerate(self.graph.groups.values()):
+            if g.bias is not None:
+                self._register(f"groups_{i}_bias", g.bias, (g, "bias", "bias"))
+            for name, t in g.params.items():
+                self._register(f"groups_{i}_param_{name}", t, (g, "param", name))
+
+    def _register(self, key: str, t: Tensor, owner: tuple[Any, str, str]) -> None:
+        if t.is_floating_point():
+            self.register_parameter(key, nn.Parameter(t.detach().clone()))
+        else:
+            self.register_buffer(key, t.detach().clone())
+        self._slots.append((*owner, key))
+
+    def _bind(self) -> None:
+        "Point the graph's operators and groups at the registered tensors (they change on .to() and loads)."
+        for owner, kind, name, key in self._slots:
+            t = getattr(self, key)
+            if kind == "op":
+                setattr(owner, name, t)
+            elif kind == "bias":
+                owner.bias = t
+            else:
+                owner.params[name] = t
+
+    def forward(self, *inputs: Tensor) -> Any:
+        self._bind()
+        return run(self.graph, *inputs, mode=self.mode)
+
+
+def _to_module(graph: Graph, mode: str = "compact") -> MarbleModule:
+    "This graph as an `nn.Module` (see `MarbleModule`)."
+    return MarbleModule(graph, mode)
+
+
+Graph.to_module = _to_module
