@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .convert import Call, ConversionError, Context, Value, register_module
 from .convert_embed import Rearrange, own_origins
-from .engine import run
+from .engine import run, set_state
 from .graph import Graph, GraphSummary
 from .ops import Dense
 
@@ -24,9 +24,9 @@ log = logging.getLogger("marble_nb")
 
 # %% auto #0
 __all__ = ['log', 'RECURRENT_CELLS', 'CellWeights', 'rnn_cell_graph', 'lstm_cell_graph', 'gru_cell_graph', 'RecurrentError',
-           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell', 'graft_graph',
-           'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle', 'save_recurrent', 'load_recurrent',
-           'restore_hidden']
+           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell',
+           'engine_step_graph', 'graft_graph', 'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle',
+           'save_recurrent', 'load_recurrent', 'restore_hidden']
 
 # %% ../nbs/15_convert_recurrent.ipynb #30772b0f
 def _gate(
@@ -446,6 +446,18 @@ def convert_cell(module: nn.RNNCellBase, name: str = "") -> RecurrentCell:
     cell = _cell_name(module)
     w = CellWeights(module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
     return RecurrentCell(_build_cell(cell, w, name or cell, name, getattr(module, "nonlinearity", "tanh")), cell)
+
+# %% ../nbs/15_convert_recurrent.ipynb #9baa22ae
+def engine_step_graph(net: RecurrentNet) -> Graph:
+    "A copy of a single-layer, one-direction network's step graph whose state the engine carries (`Runner`)."
+    if (net.num_layers, net.directions) != (1, 1):
+        raise RecurrentError(
+            f"engine_step_graph needs one layer and one direction, the network has {net.num_layers} and "
+            f"{net.directions}: stream it with RecurrentNet.stream instead"
+        )
+    graph = net.cells[0][0].copy()
+    set_state(graph, graph.metadata["state"])
+    return graph
 
 # %% ../nbs/15_convert_recurrent.ipynb #52075b7a
 def graft_graph(
