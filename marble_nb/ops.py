@@ -279,8 +279,8 @@ class Gather(Operator):
         xf = x.reshape(x.shape[0], -1)
         valid = self.index >= 0
         out = xf[:, self.index.clamp_min(0).long()] * self.weight.to(xf.dtype)
-        if not bool(valid.all()):
-            out = out * valid.to(xf.dtype)
+        if not bool(valid.all()):  # where, not a product: an infinite source times 0 would give NaN
+            out = torch.where(valid, out, torch.zeros((), dtype=out.dtype, device=out.device))
         return out.reshape(x.shape[0], *dst_shape)
 
     def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
