@@ -70,7 +70,13 @@ def register_method(*names: str) -> Callable[[Converter], Converter]:
     return decorator
 
 
-BUILTIN_CONVERTERS = ["marble_nb.convert_layers"]  # modules whose import registers the built-in converters
+BUILTIN_CONVERTERS = [  # modules whose import registers the built-in converters
+    "marble_nb.convert_layers",
+    "marble_nb.convert_embed",
+    "marble_nb.convert_recurrent",
+    "marble_nb.convert_attention",
+    "marble_nb.control_flow",
+]
 
 
 def load_builtin_converters() -> None:
