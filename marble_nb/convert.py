@@ -375,7 +375,7 @@ def _map_refs(a: Any, fn: Callable[[Ref], Any]) -> Any:
 
 
 class _Root(nn.Module):
-    "Holds a model that is itself a registered layer, so the tracer sees it as one call."
+    "Holds a model that is itself a registered layer, so the recorder sees it as one call."
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -387,19 +387,25 @@ class _Root(nn.Module):
 
 def trace(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[list[Call], str]:
     "Trace with torch.fx, falling back to recording a run; returns the calls and the method used."
-    if module_converter(model) is not None:
-        model = _Root(model)
-    try:
-        calls, method = trace_fx(model, example), "fx"
-    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, … on what it cannot follow
-        log.warning("torch.fx could not trace %s (%s: %s); recording a run on the example input instead. "
-                    "Data-dependent branches are converted as the example input takes them.",
-                    type(model).__name__, type(e).__name__, str(e).splitlines()[0])  # fmt: skip
-        calls, method = trace_by_running(model, example), "recorded run"
+    if module_converter(model) is not None:  # one registered layer: recording its single call is exact
+        calls, method = trace_by_running(_Root(model), example), "recorded run"
+    else:
+        calls, method = _trace_fx_or_record(model, example)
     for c in calls:
         for r in _refs((c.args, c.kwargs)):
             calls[r.index].users += 1
     return calls, method
+
+
+def _trace_fx_or_record(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[list[Call], str]:
+    "torch.fx when it can follow `forward`; otherwise a recorded run, logged with fx's reason."
+    try:
+        return trace_fx(model, example), "fx"
+    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, … on what it cannot follow
+        log.warning("torch.fx could not trace %s (%s: %s); recording a run on the example input instead. "
+                    "Data-dependent branches are converted as the example input takes them.",
+                    type(model).__name__, type(e).__name__, str(e).splitlines()[0])  # fmt: skip
+        return trace_by_running(model, example), "recorded run"
 
 # %% ../nbs/11_convert.ipynb #72ff330a
 @dataclass
@@ -411,6 +417,29 @@ class ConvertConfig:
     fuse_activations: bool = True  # give a linear group the following activation instead of a new group
     dtype: str = "float32"  # weight dtype of the graph
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # module path -> options for that call only
+
+    def __post_init__(self):
+        "Reject settings the converter cannot use, naming the setting, the value and what it accepts."
+        for name in ("bias_neurons", "fold_batchnorm", "fuse_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config {name}={getattr(self, name)!r}: expected true or false")
+        if not (isinstance(getattr(torch, str(self.dtype), None), torch.dtype) and self.torch_dtype.is_floating_point):
+            raise ValueError(
+                f"config dtype={self.dtype!r}: expected a floating dtype name such as 'float32', 'float64'"
+            )
+        if not isinstance(self.overrides, dict) or not all(isinstance(v, dict) for v in self.overrides.values()):
+            raise ValueError(
+                f"config overrides={self.overrides!r}: expected a mapping module path -> {{option: value}}"
+            )
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> ConvertConfig:
+        "A config from plain options (e.g. YAML), naming any unknown key and the known ones."
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown conversion option(s) {unknown}; known: {sorted(known)}")
+        return cls(**options)
 
     def for_call(self, path: str) -> ConvertConfig:
         "This config with the overrides for module `path` applied."
@@ -592,7 +621,7 @@ def convert_model(
     name: str | None = None,  # the graph's name (default: the model's class name)
 ) -> Graph | GraphSummary:
     "Convert a PyTorch model into a MARBLE graph (or its summary with `dry_run=True`)."
-    config = config if isinstance(config, ConvertConfig) else ConvertConfig(**(config or {}))
+    config = config if isinstance(config, ConvertConfig) else ConvertConfig.from_dict(config or {})
     load_builtin_converters()
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
