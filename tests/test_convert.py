@@ -180,3 +180,28 @@ def test_cuda_weights_convert_on_cuda():
     x = torch.randn(2, 3, 24, 24, device="cuda")
     graph = convert_model(model, x)
     torch.testing.assert_close(run(graph, x), model(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_single_registered_layer_converts_without_fallback_warning(caplog):
+    layer = nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(2, 2, 5, 5)
+    with caplog.at_level(logging.WARNING, logger="marble_nb"):
+        graph = convert_model(layer, x)
+    assert caplog.records == []
+    for mode in ("compact", "synapse"):
+        torch.testing.assert_close(run(graph, x, mode=mode), layer(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (dict(bias_mode="neurons"), r"unknown conversion option\(s\) \['bias_mode'\]"),
+        (dict(dtype="int8"), "dtype='int8': expected a floating dtype"),
+        (dict(fuse_activations="no"), "fuse_activations='no': expected true or false"),
+        (dict(overrides={"0": dict(dtype="float16x")}), "dtype='float16x'"),
+    ],
+)
+def test_bad_conversion_options_are_named(config, message):
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    with pytest.raises(ValueError, match=message):
+        convert_model(model, torch.randn(1, 3), config=config)
