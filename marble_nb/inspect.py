@@ -608,10 +608,12 @@ def plot_neighbourhood(
             other = (row["group"], row["index"])
             columns[2].setdefault(other)
             edges.append((1, neuron, 2, other, row["weight"], row["slot"]))
+    tallest = max(len(c) for c in columns)
     xy = {}
     for x, col in enumerate(columns):
+        step = tallest / max(len(col), 1)  # every column spreads over the same height
         for r, key in enumerate(col):
-            xy[(x, key)] = (float(x), (len(col) - 1) / 2 - r)
+            xy[(x, key)] = (float(x), ((len(col) - 1) / 2 - r) * step)
     fig = _figure(9.0, 1.2 + 0.32 * max(len(c) for c in columns))
     ax = fig.add_subplot()
     if edges:
@@ -624,8 +626,11 @@ def plot_neighbourhood(
         ax.scatter(
             [px], [py], s=60 if x == 1 else 28, c=_KIND_COLOURS.get(kind, "#DBDB8D"), edgecolors="#333333", zorder=2
         )
-        ha, dx = ("right", -0.05) if x == 0 else ("left", 0.05)
-        ax.text(px + dx, py, f"{group}[{_coords(graph, group, index)}]", ha=ha, va="center", fontsize=7)
+        label = f"{group}[{_coords(graph, group, index)}]"
+        if x == 1:  # chosen neurons: label above, clear of the lines on both sides
+            ax.text(px, py + 0.2, label, ha="center", va="bottom", fontsize=7, fontweight="bold")
+        else:
+            ax.text(px + (0.05 if x else -0.05), py, label, ha="left" if x else "right", va="center", fontsize=7)
     ax.set_xlim(-0.9, 2.9)
     ax.set_axis_off()
     ax.set_title(f"{graph.name}: neighbourhood of {len(chosen)} neuron(s), top {k} synapses in and out", fontsize=10)
