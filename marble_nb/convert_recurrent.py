@@ -5,8 +5,8 @@
 # %% ../nbs/15_convert_recurrent.ipynb #132c93f1
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ log = logging.getLogger("marble_nb")
 # %% auto #0
 __all__ = ['log', 'RECURRENT_CELLS', 'CellWeights', 'rnn_cell_graph', 'lstm_cell_graph', 'gru_cell_graph', 'RecurrentError',
            'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell', 'graft_graph',
-           'add_recurrent']
+           'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle', 'save_recurrent', 'load_recurrent']
 
 # %% ../nbs/15_convert_recurrent.ipynb #30772b0f
 def _gate(
@@ -253,33 +253,6 @@ class RecurrentNet:
     def reset(self) -> None:
         "Forget the stream state: the next `stream` call starts from zeros."
         self.state = None
-
-    def save_state(self, path: str | Path) -> None:
-        "Write the stream state to a safetensors file (atomically), to continue the stream in another process."
-        from safetensors.torch import save_file
-
-        if self.state is None:
-            raise RecurrentError("There is no stream state to save: call stream() first")
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state.items()}
-        save_file(tensors, str(tmp), metadata=dict(cell=self.cell, layers=str(self.num_layers)))
-        os.replace(tmp, path)
-
-    def load_state(self, path: str | Path) -> None:
-        "Continue a stream from a state file written by `save_state` (checked against this network)."
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
-        sizes = self.state_sizes()
-        want = {k: (self.num_layers * self.directions, size) for k, size in sizes.items()}
-        got = {k: (t.shape[0], t.shape[-1]) for k, t in tensors.items() if t.dim() == 3}
-        if got != want:
-            raise RecurrentError(
-                f"{path}: the state file holds {got} (layers*directions, size) but this {self.cell.upper()} needs {want}"
-            )
-        device = self.cells[0][0].connections[0].op.weight.device
-        self.state = {k: tensors[k].to(device) for k in sizes}
 
     # -- internals ---------------------------------------------------------------------------------
     def _batch_major(self, x: Tensor) -> tuple[Tensor, bool]:
@@ -552,3 +525,72 @@ def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> str:
                 graph.connect(state["h"], layer_out, Gather(index.reshape(-1), torch.tensor(1.0)))
         layer_in = layer_out
     return out
+
+# %% ../nbs/15_convert_recurrent.ipynb #5193b020
+def _prefix(layer: int, direction: int) -> str:
+    return f"l{layer}{'_reverse' if direction else ''}"
+
+
+def recurrent_bundle(net: RecurrentNet) -> Graph:
+    "All step graphs of `net` in one graph (cells prefixed `l<k>[_reverse].`), stream state in `stream_state` params."
+    cells = [[g.metadata | dict(name=g.name, outputs=g.outputs) for g in layer] for layer in net.cells]
+    bundle = Graph(
+        f"{net.cell}-net", metadata=dict(recurrent=dict(cell=net.cell, batch_first=net.batch_first, cells=cells))
+    )
+    outputs = []
+    for layer, graphs in enumerate(net.cells):
+        for direction, cell in enumerate(graphs):
+            prefix = _prefix(layer, direction)
+            for n in cell.inputs:
+                bundle.add_input(f"{prefix}.{n}", cell.groups[n].shape)
+            names = graft_graph(bundle, cell, prefix, {n: (f"{prefix}.{n}", None) for n in cell.inputs})
+            outputs += [names[n] for n in cell.outputs]
+            for k, t in (net.state or {}).items():
+                bundle.groups[f"{prefix}.{k}"].params["stream_state"] = t[layer * net.directions + direction].detach()
+    bundle.set_outputs(*outputs)
+    return bundle
+
+
+def recurrent_from_bundle(bundle: Graph) -> RecurrentNet:
+    "The network (and stream state, when saved) held by a graph made by `recurrent_bundle`."
+    spec = bundle.metadata.get("recurrent")
+    if not isinstance(spec, dict):
+        raise ValueError(f"Graph {bundle.name!r} is not a saved recurrent network (no 'recurrent' metadata)")
+    cells, state = [], {}
+    for layer, layer_specs in enumerate(spec["cells"]):
+        cells.append([])
+        for direction, meta in enumerate(layer_specs):
+            prefix = _prefix(layer, direction) + "."
+            cell = Graph(meta["name"], {k: v for k, v in meta.items() if k not in ("name", "outputs")})
+            for n in bundle.inputs:
+                if n.startswith(prefix):
+                    cell.add_input(n.removeprefix(prefix), bundle.groups[n].shape)
+                    if "stream_state" in bundle.groups[n].params:
+                        state.setdefault(n.removeprefix(prefix), []).append(bundle.groups[n].params["stream_state"])
+            for n, g in bundle.groups.items():
+                if n.startswith(prefix) and n not in bundle.inputs:
+                    cell.groups[n.removeprefix(prefix)] = dataclasses.replace(g, name=n.removeprefix(prefix))
+            cell.connections = [
+                dataclasses.replace(c, src=c.src.removeprefix(prefix), dst=c.dst.removeprefix(prefix))
+                for c in bundle.connections
+                if c.dst.startswith(prefix)
+            ]
+            cell.set_outputs(*meta["outputs"])
+            cells[-1].append(cell)
+    net = RecurrentNet(cells, spec["cell"], spec["batch_first"])
+    net.state = {k: torch.stack(v) for k, v in state.items()} or None
+    return net
+
+
+def save_recurrent(net: RecurrentNet, path: str | Path) -> Path:
+    "Save the network and its stream state (if any) to `.marble` or `.json`, atomically."
+    from marble_nb.io import save
+
+    return save(recurrent_bundle(net), path)
+
+
+def load_recurrent(path: str | Path) -> RecurrentNet:
+    "Load a network saved by `save_recurrent`, with its stream state, ready to continue the stream."
+    from marble_nb.io import load
+
+    return recurrent_from_bundle(load(path))

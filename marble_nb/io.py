@@ -9,6 +9,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -36,7 +37,8 @@ MAX_JSON_VALUES = 1_000_000  # .json files hold at most this many array values
 # %% auto #0
 __all__ = ['log', 'FORMAT', 'FORMAT_VERSION', 'MANIFEST', 'ARRAYS', 'MAX_MANIFEST_BYTES', 'MAX_ARRAY_BYTES', 'MAX_JSON_VALUES',
            'SUFFIXES', 'MarbleFormatError', 'atomic_write', 'graph_to_manifest', 'check_header', 'check_arrays',
-           'manifest_to_graph', 'save', 'load', 'PyTorchFileError', 'import_class', 'load_pytorch']
+           'manifest_to_graph', 'write_safetensors', 'read_safetensors', 'save', 'load', 'PyTorchFileError',
+           'import_class', 'load_pytorch']
 
 # %% ../nbs/04_io.ipynb #fb344247
 class MarbleFormatError(ValueError):
@@ -66,12 +68,17 @@ def _array_meta(t: Tensor) -> dict[str, Any]:
 
 
 def _sha256(t: Tensor) -> str:
-    return hashlib.sha256(_tensor_bytes(t)).hexdigest()
+    return hashlib.sha256(_tensor_view(t)).hexdigest()
+
+
+def _tensor_view(t: Tensor) -> memoryview:
+    "The raw bytes of a contiguous CPU tensor (little-endian, as safetensors stores them), without a copy."
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
 def _tensor_bytes(t: Tensor) -> bytes:
-    "The raw bytes of a contiguous CPU tensor (little-endian, as safetensors stores them)."
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    "A copy of the raw bytes of a contiguous CPU tensor."
+    return _tensor_view(t).tobytes()
 
 
 class _ArrayTable:
@@ -126,7 +133,13 @@ def graph_to_manifest(graph: Graph) -> tuple[dict[str, Any], dict[str, Tensor]]:
         ),
         arrays={name: _array_meta(t) for name, t in table.arrays.items()},
     )
+    manifest["graph_sha256"] = _structure_hash(manifest["graph"])
     return manifest, table.arrays
+
+
+def _structure_hash(graph_spec: Any) -> str:
+    "sha256 of the graph section in canonical JSON: any change to the structure shows."
+    return hashlib.sha256(json.dumps(graph_spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -199,6 +212,8 @@ def check_arrays(manifest: dict[str, Any], arrays: dict[str, Tensor]) -> None:
 def manifest_to_graph(manifest: dict[str, Any], arrays: dict[str, Tensor]) -> Graph:
     "Build the graph a checked manifest describes from its checked arrays."
     spec = _field(manifest, "graph", dict, "manifest")
+    if _structure_hash(spec) != _field(manifest, "graph_sha256", str, "manifest"):
+        raise MarbleFormatError("the graph structure fails its sha256 check: the manifest was modified or damaged")
 
     def tensor(ref: Any, where: str) -> Tensor:
         if not isinstance(ref, str) or ref not in arrays:
@@ -236,13 +251,42 @@ def manifest_to_graph(manifest: dict[str, Any], arrays: dict[str, Tensor]) -> Gr
     return graph
 
 # %% ../nbs/04_io.ipynb #1232d1a8
-def _save_marble(graph: Graph, f: Any) -> None:
-    from safetensors.torch import save
+_SAFETENSORS_DTYPES = {
+    torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64", torch.int8: "I8",
+    torch.uint8: "U8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64", torch.bool: "BOOL",
+}  # fmt: skip
 
+
+def write_safetensors(f: Any, arrays: dict[str, Tensor]) -> None:
+    """Stream `arrays` to `f` in the safetensors layout, straight from the tensors' memory.
+
+    The layout is an 8-byte little-endian header length, a JSON header naming each array's dtype, shape and
+    byte range, padded with spaces to a multiple of 8, then the arrays' bytes. Writing it here avoids the
+    copy into one bytes object that `safetensors.torch.save` makes. Arrays are ordered by decreasing element
+    size, so each starts at an offset aligned for its dtype and loads without a copy. The tests check that
+    the reference `safetensors` library reads these files and that `read_safetensors` reads the library's."""
+    header, views, offset = {}, [], 0
+    for name, t in sorted(arrays.items(), key=lambda kv: -kv[1].element_size()):  # keeps every array aligned
+        view = _tensor_view(t)
+        header[name] = dict(
+            dtype=_SAFETENSORS_DTYPES[t.dtype], shape=list(t.shape), data_offsets=[offset, offset + view.nbytes]
+        )
+        offset += view.nbytes
+        views.append(view)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    f.write(len(head).to_bytes(8, "little"))
+    f.write(head)
+    for view in views:
+        f.write(view)
+
+
+def _save_marble(graph: Graph, f: Any) -> None:
     manifest, arrays = graph_to_manifest(graph)
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr(MANIFEST, json.dumps(manifest, indent=1))
-        z.writestr(ARRAYS, save(arrays))
+        with z.open(ARRAYS, "w", force_zip64=True) as member:
+            write_safetensors(member, arrays)
 
 
 def _read_member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
@@ -260,23 +304,55 @@ def _read_member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
     return data
 
 
-def _load_marble(path: Path) -> Graph:
-    from safetensors.torch import load
+_FROM_SAFETENSORS = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
 
+
+def read_safetensors(data: bytearray) -> dict[str, Tensor]:
+    "Parse safetensors bytes into tensors that share `data`'s memory, checking every offset and size first."
+    if len(data) < 8:
+        raise MarbleFormatError(f"{ARRAYS} is truncated: {len(data)} bytes, no header")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(len(data) - 8, MAX_MANIFEST_BYTES):
+        raise MarbleFormatError(f"{ARRAYS} header claims {n:,} bytes but the member has {len(data) - 8:,}")
+    header = _parse_json(bytes(data[8 : 8 + n]), f"{ARRAYS} header")
+    if not isinstance(header, dict):
+        raise MarbleFormatError(f"{ARRAYS} header is not a JSON object")
+    base, spans, tensors = 8 + n, [], {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{ARRAYS}[{name!r}]"
+        dtype = _FROM_SAFETENSORS.get(_field(meta, "dtype", str, where))
+        shape, offsets = _field(meta, "shape", list, where), _field(meta, "data_offsets", list, where)
+        if dtype is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape + offsets):
+            raise MarbleFormatError(f"{where}: bad dtype, shape or offsets {meta}")
+        if len(offsets) != 2 or offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+            raise MarbleFormatError(f"{where}: byte range {offsets} does not hold a {meta['dtype']}{shape} array")
+        spans.append((offsets[0], offsets[1], name, dtype, shape))
+    spans.sort()
+    if [s[0] for s in spans] != [0] + [s[1] for s in spans[:-1]] or (spans[-1][1] if spans else 0) != len(data) - base:
+        raise MarbleFormatError(f"{ARRAYS}: arrays overlap, leave gaps, or do not fill the member")
+    for begin, end, name, dtype, shape in spans:
+        raw = torch.frombuffer(data, dtype=torch.uint8, count=end - begin, offset=base + begin) if end > begin else None
+        if raw is None:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        if (base + begin) % dtype.itemsize:
+            raw = raw.clone()  # a file from another writer may leave an array unaligned
+        tensors[name] = raw.view(dtype).reshape(shape)
+    return tensors
+
+
+def _load_marble(path: Path) -> Graph:
     try:
         with zipfile.ZipFile(path) as z:
-            manifest_bytes = _read_member(z, MANIFEST, MAX_MANIFEST_BYTES)
-            manifest = _parse_json(manifest_bytes, MANIFEST)
+            manifest = _parse_json(_read_member(z, MANIFEST, MAX_MANIFEST_BYTES), MANIFEST)
             check_header(manifest)
-            arrays_bytes = _read_member(z, ARRAYS, MAX_ARRAY_BYTES)
+            arrays = read_safetensors(bytearray(_read_member(z, ARRAYS, MAX_ARRAY_BYTES)))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise MarbleFormatError(f"{path} is not a readable MARBLE archive ({type(e).__name__}: {e})") from e
-    try:
-        arrays = load(arrays_bytes)
-    except Exception as e:  # safetensors reports damage as SafetensorError or its own exceptions
-        raise MarbleFormatError(f"{ARRAYS} is damaged: {e}") from e
     check_arrays(manifest, arrays)
     return manifest_to_graph(manifest, arrays)
 

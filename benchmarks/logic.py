@@ -1,0 +1,218 @@
+"""Logic gate networks: training-step speed/memory and packed inference throughput, as ratios.
+
+Every figure is measured in this run, each candidate in its own fresh process (one after the other,
+never concurrently), as the median of several repeats:
+
+- training step (forward + backward), 4 layers x 64,000 gates on 2x34x34 binary inputs, batch 128,
+  2 threads: marble_nb's `LogicLayer` against (a) the 16-output formulation from the paper's
+  formulas (`implementation="python"`, difflogic's portable path) and (b) torchlogix's `LogicDense`
+  (skipped with a message when torchlogix is not installed; install it with
+  `pip install --no-deps torchlogix`). Goals: >= 10x faster than (a), >= 2x faster than (b),
+  <= 1/8 of (a)'s extra peak memory.
+- packed inference, 784 inputs -> 4 x 8,000 gates -> GroupSum(10), one thread, bool inputs
+  (packing included): samples/s of `compile_logic` (pure PyTorch and generated C) against the float
+  eval path. Goals: >= 1,000,000 samples/s and >= 100x the float eval path.
+
+Run: `python benchmarks/logic.py [--part train|packed|all] [--width 64000] [--repeats 5]`.
+The training part needs about 7 GB for baseline (a): run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from itertools import pairwise
+
+
+def _rss_mb() -> float:
+    "Current resident set size of this process in MiB."
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _peak_mb() -> float:
+    "Peak resident set size of this process so far in MiB."
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _import_torchlogix_layers():
+    "torchlogix.layers without the package __init__ (its circuit module needs Python >= 3.12)."
+    spec = importlib.util.find_spec("torchlogix")
+    if spec is None:
+        return None
+    package = types.ModuleType("torchlogix")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["torchlogix"] = package
+    return importlib.import_module("torchlogix.layers")
+
+
+def _logic_stack(candidate: str, in_dim: int, width: int, depth: int, k: int, tau: float):
+    "The layer stack of one candidate: 'fast', 'python' (16 outputs) or 'torchlogix'."
+    import torch
+
+    if candidate == "torchlogix":
+        layers = _import_torchlogix_layers()
+        dims = [in_dim] + [width] * depth
+        body = [layers.LogicDense(i, o, device="cpu") for i, o in pairwise(dims)]
+        return torch.nn.Sequential(torch.nn.Flatten(), *body, layers.GroupSum(k, tau))
+    from marble_nb.logic import GroupSum, LogicLayer
+
+    dims = [in_dim] + [width] * depth
+    body = [LogicLayer(i, o, implementation=candidate, seed=s) for s, (i, o) in enumerate(pairwise(dims))]
+    return torch.nn.Sequential(torch.nn.Flatten(), *body, GroupSum(k, tau))
+
+
+def _use_mmap_for_large_blocks() -> bool:
+    "Make glibc serve blocks >= 1 MiB by mmap, so that RSS follows the live tensors (False if not glibc)."
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD
+
+
+def child_train(candidate: str, width: int, batch: int, repeats: int, live_memory: bool = False) -> dict:
+    "Median training-step time and extra peak memory of one candidate (runs in a fresh process)."
+    import torch
+    import torch.nn.functional as F
+
+    if live_memory and not _use_mmap_for_large_blocks():
+        raise RuntimeError("live-memory measurement needs glibc's mallopt")
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = _logic_stack(candidate, 2 * 34 * 34, width, 4, 10, tau=width / 100)
+    x = (torch.rand(batch, 2, 34, 34) < 0.3).float()
+    labels = torch.randint(0, 10, (batch,))
+    rss_before = _rss_mb()
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        F.cross_entropy(model(x), labels).backward()
+        elapsed = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        if i:  # the first step warms up allocator and caches
+            times.append(elapsed)
+    return {"seconds": statistics.median(times), "extra_peak_mb": _peak_mb() - rss_before}
+
+
+def _run_child(part: str, candidate: str, **kwargs) -> dict | None:
+    "Run one measurement in a fresh Python process; None (with the reason printed) if it failed."
+    cmd = [sys.executable, __file__, "--child", part, "--candidate", candidate, "--kwargs", json.dumps(kwargs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        print(f"  {candidate}: failed\n{proc.stderr.strip().splitlines()[-1] if proc.stderr else ''}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_train(width: int, batch: int, repeats: int):
+    "Training step: marble_nb fast layer vs the 16-output formulation and torchlogix."
+    print(f"== training step: 4 x {width} gates, input 2x34x34, batch {batch}, 2 threads, median of {repeats}")
+    print("   time and extra peak RSS with the default allocator; 'live' = extra peak RSS when glibc mmaps every")
+    print("   block >= 1 MiB (freed memory returns to the OS at once, so RSS follows the live tensors)")
+    results = {}
+    for candidate in ("fast", "python", "torchlogix"):
+        if candidate == "torchlogix" and importlib.util.find_spec("torchlogix") is None:
+            print("  torchlogix: not installed, baseline (b) skipped (pip install --no-deps torchlogix)")
+            continue
+        timed = _run_child("train", candidate, width=width, batch=batch, repeats=repeats)
+        live = _run_child("train", candidate, width=width, batch=batch, repeats=1, live_memory=True)
+        if timed and live:
+            results[candidate] = {**timed, "live_mb": live["extra_peak_mb"]}
+    fast = results.get("fast")
+    if fast:
+        print(
+            f"  marble_nb          {fast['seconds']:7.3f} s  RSS {fast['extra_peak_mb']:6.0f} MiB  "
+            f"live {fast['live_mb']:6.0f} MiB"
+        )
+    for name, label in (("python", "(a) 16-output"), ("torchlogix", "(b) torchlogix")):
+        base = results.get(name)
+        if fast and base:
+            print(
+                f"  {label:17s} {base['seconds']:7.3f} s  RSS {base['extra_peak_mb']:6.0f} MiB  live "
+                f"{base['live_mb']:6.0f} MiB | speed-up {base['seconds'] / fast['seconds']:5.2f}x  memory ratio "
+                f"RSS {fast['extra_peak_mb'] / base['extra_peak_mb']:.3f}  live {fast['live_mb'] / base['live_mb']:.3f}"
+            )
+
+
+def child_packed(candidate: str, n: int, repeats: int) -> dict:
+    "Samples/s of one inference path on bool inputs, one thread (runs in a fresh process)."
+    import torch
+
+    from marble_nb.logic_compile import compile_logic
+
+    torch.set_num_threads(1)
+    model = _logic_stack("fast", 784, 8000, 4, 10, tau=10.0).eval()
+    x = torch.rand(n, 784, generator=torch.Generator().manual_seed(0)) < 0.5
+    if candidate == "float":
+        run = lambda: model(x.float())  # noqa: E731
+    else:
+        start = time.perf_counter()
+        compiled = compile_logic(model, backend=candidate)
+        build = time.perf_counter() - start
+        with torch.no_grad():
+            check = x[:1000]
+            identical = torch.equal(compiled(check), model(check.float()))
+        run = lambda: compiled(x)  # noqa: E731
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    result = {"samples_per_s": n / statistics.median(times[1:])}
+    if candidate != "float":
+        result.update(identical=identical, build_s=build)
+    return result
+
+
+def bench_packed(repeats: int):
+    "Packed inference (bool input, packing included) vs the float eval path, one thread."
+    print(f"== packed inference: 784 -> 4 x 8000 gates -> GroupSum(10), bool input, 1 thread, median of {repeats}")
+    float_eval = _run_child("packed", "float", n=2048, repeats=repeats)
+    if float_eval is None:
+        return
+    print(f"  float eval path      {float_eval['samples_per_s']:12,.0f} samples/s   1.0x")
+    for backend, n in (("torch", 65536), ("c", 262144)):
+        res = _run_child("packed", backend, n=n, repeats=repeats)
+        if res:
+            print(
+                f"  packed, {backend:5s} backend {res['samples_per_s']:12,.0f} samples/s "
+                f"{res['samples_per_s'] / float_eval['samples_per_s']:7.1f}x  (identical to float eval: "
+                f"{res['identical']}, compile {res['build_s']:.1f} s)"
+            )
+
+
+CHILDREN = {"train": child_train, "packed": child_packed}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["train", "packed", "all"], default="all")
+    parser.add_argument("--width", type=int, default=64000, help="gates per layer in the training benchmark")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--candidate", help=argparse.SUPPRESS)
+    parser.add_argument("--kwargs", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args.candidate, **json.loads(args.kwargs))))
+        return
+    if args.part in ("packed", "all"):
+        bench_packed(args.repeats)
+    if args.part in ("train", "all"):
+        bench_train(args.width, args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

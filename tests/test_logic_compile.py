@@ -1,0 +1,110 @@
+"""Bit-packed inference: identical predictions to the eval-mode float network, both backends."""
+
+from itertools import pairwise
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import marble_nb.logic_compile as lc
+from marble_nb.engine import run
+from marble_nb.logic import GroupSum, LogicLayer
+from marble_nb.logic_compile import compile_logic, count_bits, find_c_compiler, pack_bits, unpack_bits
+
+BACKENDS = ["torch"] + (["c"] if find_c_compiler() else [])
+
+
+def random_net(widths: list[int], k: int | None, tau: float, seed: int) -> nn.Sequential:
+    "An eval-mode logic network with random logits (every gate type occurs) and an optional GroupSum."
+    torch.manual_seed(seed)
+    layers = [LogicLayer(i, o, seed=seed + n) for n, (i, o) in enumerate(pairwise(widths))]
+    for layer in layers:
+        nn.init.normal_(layer.weights, std=3.0)
+    head = [GroupSum(k, tau)] if k else []
+    return nn.Sequential(nn.Flatten(), *layers, *head).eval()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25, deadline=None)
+@given(
+    in_dim=st.integers(1, 50),
+    hidden=st.lists(st.integers(1, 60), min_size=0, max_size=3),
+    k=st.sampled_from([None, 1, 2, 3, 10]),
+    per_class=st.integers(1, 40),
+    n=st.integers(1, 700),
+    tau=st.sampled_from([1.0, 3.0, 0.7]),
+    seed=st.integers(0, 1000),
+)
+def test_packed_equals_float_eval(backend, in_dim, hidden, k, per_class, n, tau, seed):
+    widths = [in_dim]
+    for h in hidden:  # every layer must be able to read all of its inputs
+        widths.append(max(h, (widths[-1] + 1) // 2))
+    last = (k or 1) * max(per_class, -(-widths[-1] // (2 * (k or 1))))
+    net = random_net(widths + [last], k, tau, seed)
+    x = torch.rand(n, in_dim) < torch.rand(1)
+    expected = net(x.float())
+    compiled = compile_logic(net, backend=backend)
+    assert torch.equal(compiled(x), expected)
+    assert torch.equal(compiled(x.to(torch.uint8)), expected)
+    assert torch.equal(compiled(x.float()), expected)
+    assert torch.equal(compiled.run_words(pack_bits(x), n), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_classes_count_exactly(backend):
+    "Counts above 255 and groups that are not multiples of 16 rows exercise every adder level."
+    net = random_net([64, 3000, 2 * 1234], k=2, tau=1.0, seed=3)
+    x = torch.rand(300, 64) < 0.5
+    assert torch.equal(compile_logic(net, backend=backend)(x), net(x.float()))
+
+
+def test_pack_unpack_round_trip_and_counts():
+    x = torch.rand(1000, 37) < 0.3
+    words = pack_bits(x)
+    assert words.shape == (37, 16)
+    assert torch.equal(unpack_bits(words, 1000), x)
+    rows = torch.rand(5 * 33, 200) < 0.5
+    assert torch.equal(count_bits(pack_bits(rows.t()), 5, 200), rows.view(5, 33, 200).sum(1).t())
+
+
+def test_no_compiler_falls_back_cleanly(monkeypatch):
+    monkeypatch.setattr(lc, "find_c_compiler", lambda: None)
+    net = random_net([10, 12], k=2, tau=1.0, seed=0)
+    assert compile_logic(net).backend == "torch"
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        compile_logic(net, backend="c")
+
+
+@pytest.mark.skipif(not find_c_compiler(), reason="needs a C compiler")
+def test_c_kernel_builds_into_fresh_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("MARBLE_NB_CACHE", str(tmp_path))
+    net = random_net([20, 30, 40], k=4, tau=2.0, seed=1)
+    x = torch.rand(130, 20) < 0.5
+    assert torch.equal(compile_logic(net, backend="c")(x), net(x.float()))
+    assert len(list((tmp_path / "logic_c").glob("*.so"))) == 1
+
+
+def test_bad_inputs_are_refused():
+    compiled = compile_logic(random_net([8, 10], k=2, tau=1.0, seed=0), backend="torch")
+    with pytest.raises(ValueError, match="binary inputs"):
+        compiled(torch.full((4, 8), 0.5))
+    with pytest.raises(ValueError, match="int64 words"):
+        compiled.run_words(torch.zeros(8, 1, dtype=torch.int32), 10)
+    with pytest.raises(TypeError, match="cannot compile"):
+        compile_logic(nn.Sequential(LogicLayer(4, 4), nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize("mode", ["compact", "synapse"])
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), tau=st.sampled_from([1.0, 3.0, 0.3, 8.0]), n=st.integers(1, 300))
+def test_marble_graph_predicts_like_the_network(mode, seed, tau, n):
+    net = random_net([24, 40, 30, 30], k=3, tau=tau, seed=seed)
+    graph = lc.logic_to_marble(net)
+    x = (torch.rand(n, 24) < 0.5).float()
+    expected = net(x)
+    scores = run(graph, x, mode=mode)
+    assert torch.equal(scores.argmax(-1), expected.argmax(-1))  # ties broken alike: counts are exact
+    torch.testing.assert_close(scores, expected, rtol=1e-6, atol=0)
+    assert graph.num_synapses() == 2 * (40 + 30 + 30) + 30 + 3
