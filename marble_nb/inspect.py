@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .engine import run_all
 from .graph import Graph, GraphBuilder, GraphSummary
 from .io import atomic_write
 from .kinds import GATE_NAMES, get_kind
@@ -23,8 +24,8 @@ from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, Sparse, Synapses,
 # %% auto #0
 __all__ = ['COUNT_COLUMNS', 'synapses_into', 'synapses_out_of', 'Links', 'neuron_links', 'resnet18_graph', 'layer_counts',
            'plot_counts', 'save_counts_plot', 'layer_positions', 'plot_layers', 'neuron_positions', 'plot_neurons',
-           'plot_neighbourhood', 'group_weights', 'plot_weight_histograms', 'group_activations',
-           'plot_activation_histograms', 'gate_counts', 'plot_gate_histogram']
+           'plot_neighbourhood', 'group_weights', 'plot_weight_histograms', 'plot_activation_histograms', 'gate_counts',
+           'plot_gate_histogram']
 
 # %% ../nbs/50_inspect.ipynb #5f0e1955
 def _scan(op: Operator, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], keep: Callable) -> Synapses:
@@ -695,18 +696,6 @@ def plot_weight_histograms(
     return fig
 
 
-def group_activations(graph: Graph, *inputs: Tensor) -> dict[str, Tensor]:
-    "The output of every group for `inputs` (one compact run), by group name."
-    from marble_nb.engine import run
-
-    everything = graph.copy()
-    everything.set_outputs(*graph.groups)
-    with torch.no_grad():
-        outs = run(everything, *inputs)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    return dict(zip(graph.groups, outs, strict=True))
-
-
 def plot_activation_histograms(
     graph: Graph,
     *inputs: Tensor,  # a batch for the graph's inputs
@@ -716,7 +705,8 @@ def plot_activation_histograms(
 ):
     "Histogram of each group's activations for the given inputs (one compact run)."
     names = _selected(graph, groups, lambda n: n not in graph.inputs)
-    acts = group_activations(graph, *inputs)
+    with torch.no_grad():
+        acts = run_all(graph, *inputs)
     fig, axes = _grid(len(names), ncols)
     for ax, name in zip(axes, names, strict=True):
         a = acts[name].detach().float().cpu().reshape(-1)

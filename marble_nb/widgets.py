@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from .graph import Graph
-from .inspect import _coords, _shape, group_activations, neuron_links
+from .engine import run_all
+from .inspect import _coords, _shape, neuron_links
 from .kinds import GATE_NAMES, get_kind
 
 log = logging.getLogger("marble_nb")
@@ -38,7 +39,8 @@ def _bind_sample(graph: Graph, sample: Tensor | tuple[Tensor, ...] | None) -> di
                 f"one sample: give {size} values shaped {graph.groups[name].shape} or (1, *shape)"
             )
         batched.append(x.reshape(1, *graph.groups[name].shape))
-    return {k: v[0] for k, v in group_activations(graph, *batched).items()}
+    with torch.no_grad():
+        return {k: v[0] for k, v in run_all(graph, *batched).items()}
 
 
 def _fmt(v: float) -> str:
