@@ -5,6 +5,7 @@
 # %% ../nbs/11_convert.ipynb #be00c5ed
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from collections.abc import Callable
@@ -23,9 +24,10 @@ from .ops import Gather, Operator
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'register_module', 'register_function', 'register_method',
-           'module_converter', 'supported_layers', 'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value',
-           'trace_fx', 'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
+__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'register_module', 'register_function',
+           'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
+           'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'trace_fx', 'trace_by_running', 'trace',
+           'ConvertConfig', 'Context', 'convert_model']
 
 # %% ../nbs/11_convert.ipynb #7a1fd85a
 Converter = Callable[["Context", "Call"], "Value"]
@@ -68,6 +70,17 @@ def register_method(*names: str) -> Callable[[Converter], Converter]:
     return decorator
 
 
+BUILTIN_CONVERTERS = ["marble_nb.convert_layers"]  # modules whose import registers the built-in converters
+
+
+def load_builtin_converters() -> None:
+    "Import the modules that register the built-in converters (they import this one, so they load on first use)."
+    import importlib
+
+    for name in BUILTIN_CONVERTERS:
+        importlib.import_module(name)
+
+
 def module_converter(module: nn.Module) -> Converter | None:
     "The converter for `module`, looked up along its type's MRO (the most specific registration wins)."
     for t in type(module).__mro__:
@@ -78,6 +91,7 @@ def module_converter(module: nn.Module) -> Converter | None:
 
 def supported_layers() -> dict[str, list[str]]:
     "The inventory of the registry: supported module types, functions and tensor methods, by name."
+    load_builtin_converters()
     return dict(
         modules=sorted(t.__name__ for t in MODULES),
         functions=sorted({_qualname(f) for f in FUNCTIONS}),
@@ -88,6 +102,7 @@ def supported_layers() -> dict[str, list[str]]:
 def _qualname(f: Any) -> str:
     module = getattr(f, "__module__", None) or ""
     name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or repr(f)
+    name = name.removeprefix("_VariableFunctionsClass.")
     if module in ("_operator", "operator"):
         return f"operator.{name}"
     if module.startswith("torch.nn.functional") or module == "torch._C._nn":
@@ -360,8 +375,21 @@ def _map_refs(a: Any, fn: Callable[[Ref], Any]) -> Any:
     return a
 
 
+class _Root(nn.Module):
+    "Holds a model that is itself a registered layer, so the tracer sees it as one call."
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *xs: Tensor) -> Any:
+        return self.model(*xs)
+
+
 def trace(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[list[Call], str]:
     "Trace with torch.fx, falling back to recording a run; returns the calls and the method used."
+    if module_converter(model) is not None:
+        model = _Root(model)
     try:
         calls, method = trace_fx(model, example), "fx"
     except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, … on what it cannot follow
@@ -383,7 +411,16 @@ class ConvertConfig:
     fold_batchnorm: bool = True  # fold eval-mode BatchNorm into the preceding conv/linear when possible
     fuse_activations: bool = True  # give a linear group the following activation instead of a new group
     dtype: str = "float32"  # weight dtype of the graph
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per module path: options for its converter
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # module path -> options for that call only
+
+    def for_call(self, path: str) -> ConvertConfig:
+        "This config with the overrides for module `path` applied."
+        if path not in self.overrides:
+            return self
+        unknown = set(self.overrides[path]) - {f.name for f in dataclasses.fields(self)} - {"overrides"}
+        if unknown:
+            raise ConversionError(f"overrides for {path!r}: unknown option(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **self.overrides[path])
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -557,6 +594,7 @@ def convert_model(
 ) -> Graph | GraphSummary:
     "Convert a PyTorch model into a MARBLE graph (or its summary with `dry_run=True`)."
     config = config if isinstance(config, ConvertConfig) else ConvertConfig(**(config or {}))
+    load_builtin_converters()
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
@@ -568,7 +606,7 @@ def convert_model(
         graph = Graph(name or type(model).__name__, metadata=dict(source=type(model).__name__, traced_by=method))
         ctx = Context(graph, config, device)
         for call in calls:
-            ctx.call = call
+            ctx.call, ctx.config = call, config.for_call(call.path)
             ctx.values.append(_convert_call(ctx, call))
     finally:
         model.train(was_training)
@@ -592,6 +630,10 @@ def _convert_call(ctx: Context, call: Call) -> Any:
         outs = [v for v in _outputs(ctx.resolve(call.args)) if isinstance(v, Value)]
         ctx.graph.set_outputs(*[ctx.source(v) for v in outs])
         return None
+    if call.kind in ("function", "method") and not _refs((call.args, call.kwargs)):
+        return _evaluate(call)  # arithmetic on sizes and constants: just compute it
+    if call.kind in ("function", "method") and not any(isinstance(v, Value) for v in _flat_values(ctx, call)):
+        return _evaluate(call, ctx.resolve(call.args), ctx.resolve(call.kwargs))
     converter = {"module": lambda: module_converter(call.target), "function": lambda: FUNCTIONS[call.target],
                  "method": lambda: METHODS[call.target]}[call.kind]()  # fmt: skip
     log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
@@ -606,3 +648,46 @@ def _convert_call(ctx: Context, call: Call) -> Any:
             f"the converter of {call.describe()} at {call.path} produced shape {value.shape}, PyTorch gives {call.shape}"
         )
     return value
+
+
+def _flat_values(ctx: Context, call: Call) -> list[Any]:
+    out, stack = [], [ctx.resolve(call.args), ctx.resolve(call.kwargs)]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, (list, tuple)):
+            stack.extend(a)
+        elif isinstance(a, dict):
+            stack.extend(a.values())
+        else:
+            out.append(a)
+    return out
+
+
+def _evaluate(call: Call, args: Any = None, kwargs: Any = None) -> Any:
+    "Compute a call whose arguments are all constants (sizes, scalars, constant tensors)."
+    args = call.args if args is None else args
+    kwargs = call.kwargs if kwargs is None else kwargs
+    if call.kind == "method":
+        return getattr(args[0], call.target)(*args[1:], **kwargs)
+    return call.target(*args, **kwargs)
+
+
+@register_function(getattr)
+def _convert_getattr(ctx: Context, call: Call) -> Any:
+    "Tensor attributes used for shape arithmetic: `.shape` (batch size 1 stands for any), `.dtype`, `.device`."
+    v, attr = ctx.arg(0), ctx.arg(1)
+    if attr == "shape":
+        return torch.Size((1, *v.shape))
+    if attr in ("dtype", "device"):
+        return getattr(torch.empty(0, device=ctx.device), attr)
+    raise ConversionError(f"attribute .{attr} of a traced tensor at {call.path} cannot be converted")
+
+
+@register_method("size", "dim")
+def _convert_size(ctx: Context, call: Call) -> Any:
+    "`x.size()`, `x.size(d)` and `x.dim()` of a traced tensor (batch size 1 stands for any)."
+    size = torch.Size((1, *ctx.arg(0).shape))
+    if call.target == "dim":
+        return len(size)
+    d = ctx.param(1, "dim")
+    return size if d is None else size[d]
