@@ -150,7 +150,7 @@ def details(inspector: NeuronInspector) -> dict[str, Any]:
         bias=_fmt(float(g.bias[i])) if g.bias is not None else "none",
         params=_param_values(graph, group, i),
         activation=_fmt(act) if act is not None else "no sample",
-        origin=g.origin_type or g.origin or "",
+        origin=" ".join(filter(None, (g.origin, f"({g.origin_type})" if g.origin_type else ""))),
     )
 
 
@@ -173,7 +173,7 @@ def report(inspector: NeuronInspector) -> str:
     lines = [
         f"MARBLE graph {inspector.graph.name!r} — neuron {d['group']}[{d['position']}] (global id {d['global_id']})"
     ]
-    lines += [f"  {k}: {d[k]}" for k in ("kind", "bias", "activation") if d[k] != ""]
+    lines += [f"  {k}: {d[k]}" for k in ("origin", "kind", "bias", "activation") if d[k] != ""]
     lines += [f"  {k}: {v}" for k, v in d["params"].items()]
     for direction, title in (("in", "incoming"), ("out", "outgoing")):
         rows, total = links(inspector, direction)
