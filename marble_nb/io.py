@@ -512,10 +512,16 @@ def load_pytorch(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".pt2":
-        return torch.export.load(path).module()
-    if _is_torchscript(path):
-        return torch.jit.load(path, map_location="cpu")
+    try:
+        if path.suffix == ".pt2":
+            return torch.export.load(path).module()
+        if _is_torchscript(path):
+            return torch.jit.load(path, map_location="cpu")
+    except Exception as e:  # torch's archive readers raise many exception types for a damaged file
+        raise PyTorchFileError(
+            f"{path} is damaged or not a PyTorch archive ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "save it again with torch.export.save / torch.jit.save"
+        ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything but tensors and plain containers
