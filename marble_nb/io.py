@@ -357,11 +357,29 @@ def _read_stored(path: Path, z: zipfile.ZipFile, name: str, limit: int) -> bytea
         if len(header) != 30 or header[:4] != b"PK\x03\x04":
             raise MarbleFormatError(f"{name}: the archive's local header is damaged")
         skip = int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
-        f.seek(skip, os.SEEK_CUR)
+        start = f.seek(skip, os.SEEK_CUR)
+        if start + info.file_size > os.fstat(f.fileno()).st_size:  # checked before allocating the buffer
+            raise MarbleFormatError(f"{name} is truncated: the archive ends before its {info.file_size:,} bytes")
         data = bytearray(info.file_size)
         if f.readinto(data) != info.file_size:
             raise MarbleFormatError(f"{name} is truncated: fewer than {info.file_size:,} bytes")
     return data
+
+
+def _expected_member_bytes(manifest: dict[str, Any]) -> int:
+    "Most bytes the arrays member may hold, from the manifest's dtypes and shapes: no more is read or decompressed."
+    total = 0
+    for name, meta in _field(manifest, "arrays", dict, "manifest").items():
+        where = f"arrays[{name!r}]"
+        dtype, shape = _DTYPES.get(_field(meta, "dtype", str, where)), _field(meta, "shape", list, where)
+        if dtype is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise MarbleFormatError(f"manifest: {where} has a bad dtype or shape: {meta.get('dtype')!r}{shape}")
+        total += math.prod(shape) * dtype.itemsize
+    if total > MAX_ARRAY_BYTES:
+        raise MarbleFormatError(
+            f"the manifest lists {total:,} bytes of arrays, more than the {MAX_ARRAY_BYTES:,} allowed"
+        )
+    return total + MAX_MANIFEST_BYTES + 8  # the arrays plus the safetensors header and its length
 
 
 def _load_marble(path: Path) -> Graph:
@@ -369,7 +387,7 @@ def _load_marble(path: Path) -> Graph:
         with zipfile.ZipFile(path) as z:
             manifest = _parse_json(_read_member(z, MANIFEST, MAX_MANIFEST_BYTES), MANIFEST)
             check_header(manifest)
-            arrays = read_safetensors(_read_stored(path, z, ARRAYS, MAX_ARRAY_BYTES))
+            arrays = read_safetensors(_read_stored(path, z, ARRAYS, _expected_member_bytes(manifest)))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
         if isinstance(e, FileNotFoundError):
             raise
@@ -494,10 +512,16 @@ def load_pytorch(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".pt2":
-        return torch.export.load(path).module()
-    if _is_torchscript(path):
-        return torch.jit.load(path, map_location="cpu")
+    try:
+        if path.suffix == ".pt2":
+            return torch.export.load(path).module()
+        if _is_torchscript(path):
+            return torch.jit.load(path, map_location="cpu")
+    except Exception as e:  # torch's archive readers raise many exception types for a damaged file
+        raise PyTorchFileError(
+            f"{path} is damaged or not a PyTorch archive ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "save it again with torch.export.save / torch.jit.save"
+        ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything but tensors and plain containers

@@ -1,5 +1,8 @@
 """Heavier tests of marble_nb.graph: growth and pruning sequences, bias representations, devices, explicit views."""
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -7,6 +10,7 @@ from hypothesis import strategies as st
 
 from marble_nb.engine import run
 from marble_nb.graph import Graph, GraphBuilder, GraphError
+from marble_nb.io import load, save
 
 
 def random_mlp(sizes, seed, bias_neurons=False):
@@ -91,6 +95,50 @@ def test_growth_and_pruning_keep_counts_and_modes_consistent(steps, seed):
         assert g.num_neurons() == sum(r["neurons"] for r in g.summary().rows)
         assert ei.max() < g.num_neurons()
         torch.testing.assert_close(run(g, x, mode="compact"), run(g, x, mode="synapse"), rtol=1e-5, atol=1e-5)
+    with tempfile.TemporaryDirectory() as d:  # a grown and pruned graph saves and loads exactly
+        again = load(save(g, Path(d) / "grown.marble"))
+    (ei, w), (ei2, w2) = g.edge_index(), again.edge_index()
+    assert torch.equal(ei, ei2) and torch.equal(w, w2)
+    assert torch.equal(run(g, x), run(again, x))
+
+
+conv_case = st.fixed_dictionaries(
+    dict(
+        c_in=st.integers(1, 3),
+        c_out=st.integers(1, 4),
+        k=st.integers(1, 3),
+        stride=st.integers(1, 2),
+        padding=st.integers(0, 1),
+        size=st.integers(3, 6),
+        seed=st.integers(0, 1000),
+    )
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=conv_case)
+def test_random_cnn_bias_forms_and_materialized_graph_agree(case):
+    torch.manual_seed(case["seed"])
+    conv = torch.nn.Conv2d(case["c_in"], case["c_out"], case["k"], stride=case["stride"], padding=case["padding"])
+    x = torch.randn(2, case["c_in"], case["size"], case["size"])
+    with torch.no_grad():
+        feat = torch.relu(conv(x))
+        head = torch.nn.Linear(feat[0].numel(), 3)
+        want = head(feat.flatten(1))
+    outputs = []
+    for bias_neurons in (False, True):
+        b = GraphBuilder("cnn", bias_neurons=bias_neurons)
+        src = b.input(tuple(x.shape[1:]))
+        c = b.conv2d(src, conv.weight, conv.bias, stride=case["stride"], padding=case["padding"], activation="relu")
+        g = b.output(b.linear(c, head.weight, head.bias))
+        explicit = g.materialize()
+        assert explicit.num_synapses() == g.num_synapses()
+        assert all(conn.op.src.dtype == torch.int32 for conn in explicit.connections)
+        for graph, mode in ((g, "compact"), (g, "synapse"), (explicit, "synapse"), (explicit, "compact")):
+            out = run(graph, x, mode=mode)
+            torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+            outputs.append(out)
+    torch.testing.assert_close(outputs[0], outputs[4], rtol=1e-5, atol=1e-5)  # bias field vs bias neurons
 
 
 def test_materialize_and_dtype_and_device():

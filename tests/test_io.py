@@ -120,7 +120,10 @@ def test_tampered_weight_fails_checksum(good_file, tmp_path):
     [
         ({"readme.txt": "hi"}, "has no manifest.json"),
         ({mio.MANIFEST: "{not json"}, "not valid JSON"),
-        ({mio.MANIFEST: json.dumps({"format": "marble", "format_version": 1})}, "has no arrays.safetensors"),
+        (
+            {mio.MANIFEST: json.dumps({"format": "marble", "format_version": 1, "arrays": {}})},
+            "has no arrays.safetensors",
+        ),
     ],
 )
 def test_not_marble_archives(good_file, tmp_path, members, message):
@@ -251,3 +254,45 @@ def test_damaged_safetensors_member(damage, message):
     mio.write_safetensors(buf, {"w": torch.randn(4), "b": torch.randn(2)})
     with pytest.raises(MarbleFormatError, match=message):
         mio.read_safetensors(bytearray(damage(buf.getvalue())))
+
+
+def test_dtypes_empty_and_scalar_tensors_round_trip_exactly(tmp_path):
+    torch.manual_seed(1)
+    b = GraphBuilder("dtypes")
+    x = b.input(4)
+    b.sparse(x, b.group(3, name="none"), torch.tensor([], dtype=torch.int32), torch.tensor([], dtype=torch.int32), [])
+    gates = b.group(2, "logic", name="gates", params={"gate": torch.tensor([6, 1], dtype=torch.int8)})
+    b.connect(x, gates, Gather(torch.tensor([0, 3], dtype=torch.int32), torch.tensor(0.5, dtype=torch.float64)))
+    b.connect(x, gates, Gather(torch.tensor([1, -1], dtype=torch.int32), torch.tensor(1.0)), slot=1)
+    g = b.output("none", gates)
+    _, arrays = mio.graph_to_manifest(g)
+    assert any(t.numel() == 0 for t in arrays.values()) and any(t.dim() == 0 for t in arrays.values())
+    for suffix in (".marble", ".json"):
+        _, again = mio.graph_to_manifest(load(save(g, tmp_path / f"d{suffix}")))
+        assert list(again) == list(arrays)
+        for name, t in arrays.items():
+            u = again[name]
+            assert (u.dtype, u.shape) == (t.dtype, t.shape), name
+            assert mio._tensor_bytes(u) == mio._tensor_bytes(t), name
+
+
+def test_zip_bomb_is_refused_before_decompressing(good_file, tmp_path):
+    with zipfile.ZipFile(good_file) as z:
+        manifest = z.read(mio.MANIFEST)
+    p = tmp_path / "bomb.marble"
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(mio.MANIFEST, manifest)
+        with z.open(mio.ARRAYS, "w", force_zip64=True) as member:
+            for _ in range(80):
+                member.write(bytes(1 << 20))
+    assert p.stat().st_size < 1 << 20
+    with pytest.raises(MarbleFormatError, match="more than the"):
+        load(p)
+
+
+def test_manifest_claiming_huge_arrays_is_refused(good_file, tmp_path):
+    def huge(m):
+        m["arrays"][next(iter(m["arrays"]))]["shape"] = [1 << 40]
+
+    with pytest.raises(MarbleFormatError, match="bytes of arrays, more than"):
+        load(rewrite(good_file, tmp_path / "huge.marble", manifest_edit=huge))
