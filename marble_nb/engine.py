@@ -18,7 +18,7 @@ from .ops import REDUCE_IDENTITY, SCATTER_REDUCE
 MODES = ("compact", "synapse")
 
 # %% auto #0
-__all__ = ['MODES', 'run']
+__all__ = ['MODES', 'run_all', 'run']
 
 # %% ../nbs/03_engine.ipynb #754195a7
 def _bind_inputs(graph: Graph, inputs: tuple[Tensor, ...], device: Any) -> dict[str, Tensor]:
@@ -149,6 +149,26 @@ def _message_pass(plan: _Plan, act: Tensor, group: Group, chunk: int) -> Tensor:
     return pre.reshape(shape)
 
 # %% ../nbs/03_engine.ipynb #a4df7d42
+def run_all(
+    graph: Graph,
+    *inputs: Tensor,  # one batch-first tensor per graph input
+    mode: str = "compact",  # "compact" (PyTorch kernels) or "synapse" (message passing)
+    device: Any = None,  # where to compute; default: the first input's device
+    chunk: int = 1 << 24,  # synapse mode: bound on batch × synapses per gather
+) -> dict[str, Tensor]:
+    "Execute `graph` and return the value of every group, batch-first (for validation and inspection)."
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+    device = device if device is not None else (inputs[0].device if inputs and torch.is_tensor(inputs[0]) else None)
+    values = _bind_inputs(graph, inputs, device)
+    batch, like = next(iter(values.values())).shape[0], next(iter(values.values()))
+    if mode == "compact":
+        _run_compact(graph, values, batch, like)
+    else:
+        _run_synapse(graph, values, batch, like, chunk)
+    return values
+
+
 def run(
     graph: Graph,
     *inputs: Tensor,  # one batch-first tensor per graph input
@@ -157,17 +177,9 @@ def run(
     chunk: int = 1 << 24,  # synapse mode: bound on batch × synapses per gather
 ) -> Tensor | tuple[Tensor, ...]:
     "Execute `graph` on `inputs`; returns the output group(s), batch-first, shaped like the groups."
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: choose one of {MODES}")
     if not graph.outputs:
         raise GraphError(f"Graph {graph.name!r} has no outputs: call graph.set_outputs(...)")
-    device = device if device is not None else (inputs[0].device if inputs and torch.is_tensor(inputs[0]) else None)
-    values = _bind_inputs(graph, inputs, device)
-    batch, like = next(iter(values.values())).shape[0], next(iter(values.values()))
-    if mode == "compact":
-        _run_compact(graph, values, batch, like)
-    else:
-        _run_synapse(graph, values, batch, like, chunk)
+    values = run_all(graph, *inputs, mode=mode, device=device, chunk=chunk)
     outs = tuple(values[n] for n in graph.outputs)
     return outs[0] if len(outs) == 1 else outs
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
@@ -216,10 +217,16 @@ class Sparse(Operator):
             )
 
     def as_csr(self, dtype: torch.dtype | None = None) -> Tensor:
-        "The synapses as a sparse CSR matrix [n_target, n_source]."
-        return torch.sparse_csr_tensor(
-            self.indptr.long(), self.src.long(), self.weight.to(dtype or self.weight.dtype), (self.n_dst, self.n_src)
-        )
+        "The synapses as a sparse CSR matrix [n_target, n_source] (built from validated indices, so unchecked)."
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                self.indptr.long(),
+                self.src.long(),
+                self.weight.to(dtype or self.weight.dtype),
+                (self.n_dst, self.n_src),
+                check_invariants=False,
+            )
 
     def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
         xf = x.reshape(x.shape[0], -1)

@@ -1,0 +1,92 @@
+"""Sequence models as MARBLE graphs: compact-mode and synapse-mode time against PyTorch, as ratios.
+
+Measured in one run, medians of repeats, PyTorch and the graph alternating on the same inputs:
+
+- LSTM, 2 layers, hidden 128, input 128, sequence 100, batch 32 (`convert_recurrent`): goal for
+  compact / PyTorch <= 2.0; synapse / PyTorch reported.
+- Transformer encoder, 2 layers, d_model 64, 4 heads, feed-forward 128, sequence 32, batch 32
+  (`convert_transformer`): same figures.
+
+Outputs are checked against PyTorch before timing. Run: `python benchmarks/sequence.py [--repeats 5]
+[--synapse-repeats 1] [--threads 2]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from marble_nb.convert_attention import convert_transformer
+from marble_nb.convert_recurrent import convert_recurrent
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    "Median wall time of `fn()` over `repeats` calls, after one warm-up call."
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def lstm_case() -> tuple[str, Callable, Callable, Callable]:
+    "The LSTM workload: (name, PyTorch call, compact call, synapse call)."
+    torch.manual_seed(0)
+    model = nn.LSTM(128, 128, num_layers=2, batch_first=True).eval()
+    net = convert_recurrent(model)
+    x = torch.randn(32, 100, 128)
+    torch.testing.assert_close(net(x)[0], model(x)[0], atol=1e-4, rtol=1e-4)
+    return (
+        "LSTM 2x128, T=100, B=32",
+        lambda: model(x),
+        lambda: net(x, mode="compact"),
+        lambda: net(x, mode="synapse"),
+    )
+
+
+def transformer_case() -> tuple[str, Callable, Callable, Callable]:
+    "The transformer workload: (name, PyTorch call, compact call, synapse call)."
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    conv = convert_transformer(model)
+    x = torch.randn(32, 32, 64)
+    torch.testing.assert_close(conv(x), model(x), atol=1e-4, rtol=1e-4)
+    return (
+        "Transformer 2x(d64, 4 heads), T=32, B=32",
+        lambda: model(x),
+        lambda: conv(x, mode="compact"),
+        lambda: conv(x, mode="synapse"),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats for PyTorch and compact mode")
+    parser.add_argument("--synapse-repeats", type=int, default=1, help="timed repeats for synapse mode (slow)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for every candidate")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    with torch.no_grad():
+        for case in (lstm_case, transformer_case):
+            name, reference, compact, synapse = case()
+            t_ref = median_time(reference, args.repeats)
+            t_compact = median_time(compact, args.repeats)
+            t_synapse = median_time(synapse, args.synapse_repeats)
+            rows.append((name, t_ref, t_compact / t_ref, t_synapse / t_ref))
+    print(f"{'workload':42s} {'PyTorch ms':>10s} {'compact/PT':>10s} {'goal':>5s} {'synapse/PT':>10s}")
+    for name, t_ref, r_compact, r_synapse in rows:
+        verdict = "ok" if r_compact <= 2.0 else "MISS"
+        print(f"{name:42s} {t_ref * 1e3:10.1f} {r_compact:10.2f} {verdict:>5s} {r_synapse:10.1f}")
+
+
+if __name__ == "__main__":
+    main()
