@@ -532,7 +532,8 @@ class CompiledLogic:
         for start in range(0, words.shape[1], self.block_words):
             cur = words[:, start : start + self.block_words]
             for layer in self.layers:
-                a, b = cur.index_select(0, layer.wiring[0]), cur.index_select(0, layer.wiring[1])
+                wiring = layer.wiring.to(cur.device)  # no-op on CPU; lets the torch backend run on GPU words
+                a, b = cur.index_select(0, wiring[0]), cur.index_select(0, wiring[1])
                 cur = torch.empty_like(a)
                 for gate, s, e in layer.runs:
                     cur[s:e] = apply_gate(gate, a[s:e], b[s:e])
