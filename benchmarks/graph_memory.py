@@ -6,12 +6,11 @@ Prints, as ratios measured in this run:
   - save + load time of the graph (.marble)  / torch.save + torch.load of the state_dict          goal <= 2.0
 """
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _measure import median_time
 
 from marble_nb.graph import GraphBuilder
 from marble_nb.io import load, save
@@ -35,16 +34,6 @@ def mlp_graph(model: torch.nn.Sequential):
     return b.output(h)
 
 
-def median_time(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up: imports, page cache
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     model = mlp()
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -65,8 +54,8 @@ def main() -> None:
             save(graph, mb)
             load(mb)
 
-        t_torch = median_time(torch_round_trip)
-        t_marble = median_time(marble_round_trip)
+        t_torch = median_time(torch_round_trip, REPEATS)
+        t_marble = median_time(marble_round_trip, REPEATS)
     rows.append(("save+load .marble / torch.save+torch.load", t_marble / t_torch, 2.0))
     print(f"MLP 784-512-512-10: {graph.num_synapses():,} synapses, {param_bytes:,} parameter bytes")
     print(f"explicit graph {explicit.nbytes():,} B, compact graph {graph.nbytes():,} B")

@@ -1,6 +1,7 @@
 """Sequence models as MARBLE graphs: compact-mode and synapse-mode time against PyTorch, as ratios.
 
-Measured in one run, medians of repeats, PyTorch and the graph alternating on the same inputs:
+Measured in one run: in every repeat PyTorch and the graph run back to back on the same inputs (so both
+see the same machine load), and the median of the per-repeat ratios is reported:
 
 - LSTM, 2 layers, hidden 128, input 128, sequence 100, batch 32 (`convert_recurrent`): goal for
   compact / PyTorch <= 2.0; synapse / PyTorch reported.
@@ -8,7 +9,8 @@ Measured in one run, medians of repeats, PyTorch and the graph alternating on th
   (`convert_transformer`): same figures.
 
 Outputs are checked against PyTorch before timing. Run: `python benchmarks/sequence.py [--repeats 5]
-[--synapse-repeats 1] [--threads 2]`.
+[--synapse-repeats 1] [--threads 1]` (one thread by default: on this shared 2-core machine a
+second thread makes both sides swing by several times).
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from marble_nb.convert_attention import convert_transformer
 from marble_nb.convert_recurrent import convert_recurrent
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    "Median wall time of `fn()` over `repeats` calls, after one warm-up call."
+def wall(fn: Callable[[], object]) -> float:
+    "Wall time of one call of `fn`."
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
+
+
+def paired_ratio(reference: Callable[[], object], candidate: Callable[[], object], repeats: int) -> tuple[float, float]:
+    "Median PyTorch time and median candidate/PyTorch ratio, the two timed back to back in each repeat."
+    reference(), candidate()  # warm-up (and graph building)
+    pairs = [(wall(reference), wall(candidate)) for _ in range(repeats)]
+    return statistics.median(r for r, _ in pairs), statistics.median(c / r for r, c in pairs)
 
 
 def lstm_case() -> tuple[str, Callable, Callable, Callable]:
@@ -71,17 +76,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats for PyTorch and compact mode")
     parser.add_argument("--synapse-repeats", type=int, default=1, help="timed repeats for synapse mode (slow)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for every candidate")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every candidate")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     with torch.no_grad():
         for case in (lstm_case, transformer_case):
             name, reference, compact, synapse = case()
-            t_ref = median_time(reference, args.repeats)
-            t_compact = median_time(compact, args.repeats)
-            t_synapse = median_time(synapse, args.synapse_repeats)
-            rows.append((name, t_ref, t_compact / t_ref, t_synapse / t_ref))
+            t_ref, r_compact = paired_ratio(reference, compact, args.repeats)
+            _, r_synapse = paired_ratio(reference, synapse, args.synapse_repeats)
+            rows.append((name, t_ref, r_compact, r_synapse))
     print(f"{'workload':42s} {'PyTorch ms':>10s} {'compact/PT':>10s} {'goal':>5s} {'synapse/PT':>10s}")
     for name, t_ref, r_compact, r_synapse in rows:
         verdict = "ok" if r_compact <= 2.0 else "MISS"

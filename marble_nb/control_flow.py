@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .convert import Call, Context, Value, register_module
 from .convert_attention import add_linear
 from .convert_embed import Rearrange
 from .engine import run
@@ -332,3 +333,14 @@ def convert_dynamic(
     dyn = DynamicGraph(graph, out, conv.pending)
     dyn(example, mode=mode)
     return dyn
+
+# %% ../nbs/15b_control_flow.ipynb #f4a6f4ad
+@register_module(Cond, WhileLoop)
+def _convert_control(ctx: Context, call: Call) -> Value:
+    "Cond / WhileLoop in a static graph: gated sub-graphs for every branch (loops unrolled to max_iter)."
+    conv = _Converter(ctx.graph)
+    out = conv.add(ctx.source(ctx.arg(0)), call.module, ctx.name())
+    while conv.pending:
+        conv.pending.pop(next(iter(conv.pending))).graft()
+    ctx.graph.groups[out].origin = call.path
+    return ctx.result(out)

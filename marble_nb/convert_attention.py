@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert_embed import PerPosition, Rearrange
+from .convert import Call, ConversionError, Context, Value, register_function, register_module
+from .convert_embed import PerPosition, Rearrange, own_origins
 from .engine import run
 from .graph import Graph
 from .kinds import register_kind
@@ -56,21 +57,7 @@ class SumLast(Operator):
             yield Synapses(src, src // n, self.weight.expand(src.shape), torch.zeros_like(src))
 
 # %% ../nbs/15a_convert_attention.ipynb #6617a360
-@register_kind("layer_norm", elementwise=False, has_bias=False)
-def _layer_norm(pre: Tensor, group: Any) -> Tensor:
-    "Normalise over the last dim (eps in `attrs`), then gain and shift per neuron (`params`)."
-    out = F.layer_norm(pre, pre.shape[-1:], eps=group.attrs.get("eps", 1e-5))
-    if "gain" in group.params:
-        out = out * group.params["gain"].to(out).reshape(group.shape)
-    if "shift" in group.params:
-        out = out + group.params["shift"].to(out).reshape(group.shape)
-    return out
-
-
-@register_kind("gelu")
-def _gelu(pre: Tensor, group: Any) -> Tensor:
-    "GELU of the weighted sum plus bias (`attrs['approximate']`: 'none' or 'tanh')."
-    return F.gelu(pre, approximate=group.attrs.get("approximate", "none"))
+import marble_nb.convert_layers  # noqa: F401  (registers the layer_norm and gelu kinds used below)
 
 # %% ../nbs/15a_convert_attention.ipynb #1aad28d5
 def _tile(values: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -632,3 +619,107 @@ def add_mean_over_positions(graph: Graph, src: str, name: str) -> str:
     graph.add_group(name, e)
     graph.connect(f"{name}.by_feature", name, SumLast(torch.tensor(1.0 / t)))
     return name
+
+# %% ../nbs/15a_convert_attention.ipynb #5abf87c1
+@register_kind("forbid", has_bias=False)
+def _forbid(pre: Tensor, group: Any) -> Tensor:
+    "-inf where the input is nonzero (a key to ignore), else 0: a padding mask as numbers added to scores."
+    return torch.where(pre != 0, torch.full_like(pre, float("-inf")), torch.zeros_like(pre))
+
+
+def _padding_group(ctx: Context, mask: Any, name: str) -> str | None:
+    "A traced key-padding mask (S,) as a `forbid` group; None when there is none."
+    if mask is None:
+        return None
+    if torch.is_tensor(mask):
+        raise ConversionError(f"{name}: a constant key_padding_mask is not supported; pass it as a model input")
+    graph = ctx.graph
+    graph.add_group(name, mask.shape, "forbid")
+    graph.connect(ctx.source(mask), name, Rearrange.identity(mask.shape))
+    return name
+
+
+def _constant_mask(mask: Any, what: str) -> Tensor | None:
+    "A constant (T, S) attention mask as additive numbers (bool True = forbidden), or an error for traced masks."
+    if mask is None or torch.is_tensor(mask):
+        return additive_mask(mask, allowed_when_true=False)
+    raise ConversionError(f"{what}: attention masks computed from the input are not supported; make it a constant")
+
+
+def _check_batch_first(module: nn.Module, path: str) -> None:
+    if not _heads_and_batch_first(module)[1]:
+        raise ConversionError(
+            f"{path}: convert_model treats dim 0 as the batch, so {type(module).__name__} must be batch_first=True "
+            "(or convert it alone with convert_transformer / convert_multihead_attention)"
+        )
+
+
+@register_module(nn.MultiheadAttention)
+def _convert_mha(ctx: Context, call: Call) -> tuple[Value, Value | None]:
+    "nn.MultiheadAttention (batch_first): (output, weights averaged over heads or per head, or None)."
+    mha = call.module
+    _check_batch_first(mha, call.path)
+    q, k, v = ctx.param(0, "query"), ctx.param(1, "key"), ctx.param(2, "value")
+    name = ctx.name()
+    before = set(ctx.graph.groups)
+    pad = _padding_group(ctx, ctx.param(3, "key_padding_mask"), f"{name}.key_padding")
+    mask = _constant_mask(ctx.param(5, "attn_mask"), call.path)
+    att = add_multihead_attention(ctx.graph, ctx.source(q), ctx.source(k), ctx.source(v), mha, name, mask, pad)
+    own_origins(ctx.graph, before, att.out, call.path)
+    if not ctx.param(4, "need_weights", True):
+        return ctx.result(att.out), None
+    weights = (
+        att.weights
+        if not ctx.param(6, "average_attn_weights", True)
+        else add_head_mean(ctx.graph, att.weights, f"{name}.weights")
+    )
+    return ctx.result(att.out), ctx.result(weights)
+
+
+@register_module(
+    nn.TransformerEncoderLayer, nn.TransformerEncoder, nn.TransformerDecoderLayer, nn.TransformerDecoder, nn.Transformer
+)
+def _convert_transformer(ctx: Context, call: Call) -> Value:
+    "Transformer modules (batch_first): sequences from the call, constant masks as biases, padding masks as inputs."
+    module = call.module
+    _check_batch_first(module, call.path)
+    sig = _signature(module)
+    args = list(call.args)
+    names = list(sig.sequences) + [m for m, _, _ in sig.masks] + [p for p, _ in sig.paddings]
+    values = {n: ctx.param(i, n) for i, n in enumerate(names) if i < len(args) or n in call.kwargs}
+    name = ctx.name()
+    before = set(ctx.graph.groups)
+    seqs = {s: ctx.source(values[s]) for s in sig.sequences}
+    masks = {m: _constant_mask(values.get(m), f"{call.path} {m}") for m, _, _ in sig.masks}
+    pads = {p: _padding_group(ctx, values.get(p), f"{name}.{p}") for p, _ in sig.paddings}
+    out = _body(module, ctx.graph, seqs, masks, pads, name)
+    own_origins(ctx.graph, before, out, call.path)
+    return ctx.result(out)
+
+
+@register_function(F.scaled_dot_product_attention)
+def _convert_sdpa(ctx: Context, call: Call) -> Value:
+    "F.scaled_dot_product_attention on per-sample (H, T, d) (or (T, d), one head) queries, keys and values."
+    q, k, v = ctx.param(0, "query"), ctx.param(1, "key"), ctx.param(2, "value")
+    if ctx.param(4, "dropout_p", 0.0) or ctx.kwarg("enable_gqa", False):
+        raise ConversionError(f"{call.path}: dropout_p must be 0 and enable_gqa False for conversion")
+    mask = ctx.param(3, "attn_mask")
+    if mask is not None and not torch.is_tensor(mask):
+        raise ConversionError(f"{call.path}: attn_mask computed from the input is not supported; make it a constant")
+    if len(q.shape) == 2:
+        mask = causal_mask(q.shape[0], k.shape[0]) if ctx.param(5, "is_causal", False) else additive_mask(mask, True)
+        out = add_attention(
+            ctx.graph, ctx.source(q), ctx.source(k), ctx.source(v), 1, ctx.name(), ctx.param(6, "scale"), mask
+        ).out
+    else:
+        args = (
+            ctx.source(q),
+            ctx.source(k),
+            ctx.source(v),
+            ctx.name(),
+            mask,
+            ctx.param(5, "is_causal", False),
+            ctx.param(6, "scale"),
+        )
+        out = add_scaled_dot_product_attention(ctx.graph, *args)
+    return ctx.result(out)

@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--validate", action="store_true", help="compare graph and model on random inputs; exit 1 when they differ"
     )
+    conv.add_argument(
+        "--restore-hidden",
+        type=Path,
+        metavar="STATE",
+        help="recurrent model (RNN/LSTM/GRU): write its step graphs with the stream state saved in STATE "
+        "(a .marble/.json from save_recurrent), to continue that stream",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--output", type=Path, metavar="PATH", help="write the graph to PATH (.marble or .json)")
     out.add_argument(
@@ -151,6 +158,14 @@ def convert_command(args: argparse.Namespace) -> int:
     rtol, atol = options.pop("rtol", None), options.pop("atol", None)
     shape = parse_shape(args.input_shape)
     model = load_model(args).to(device)
+    if args.restore_hidden is not None:  # a recurrent model continuing a saved stream: step graphs + state
+        from marble_nb.convert_recurrent import restore_hidden, save_recurrent
+
+        net = restore_hidden(model, args.restore_hidden)
+        if args.output:
+            save_recurrent(net, args.output)
+            print(f"saved {net.cell.upper()} step graphs with the restored state to {args.output}")
+        return 0
     example = torch.rand(4, *shape, device=device)
     config = ConvertConfig(**options)
     graph = convert_model(model, example[:1], config=config, device=device)

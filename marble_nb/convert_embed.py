@@ -12,13 +12,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .convert import Call, ConversionError, Context, Value, register_module
 from .graph import Graph
 from .kinds import register_kind
 from .ops import DEFAULT_CHUNK, Gather, Operator, ShapeError, Sparse, Synapses, numel
 
 # %% auto #0
 __all__ = ['PerPosition', 'Rearrange', 'add_onehot', 'renormed_table', 'embedding_attrs', 'add_embedding', 'convert_embedding',
-           'add_embedding_bag', 'bag_inputs', 'convert_embedding_bag']
+           'add_embedding_bag', 'bag_inputs', 'convert_embedding_bag', 'own_origins']
 
 # %% ../nbs/14_convert_embed.ipynb #654d4918
 @dataclass(eq=False)
@@ -314,8 +315,11 @@ def bag_inputs(
     per_sample_weights: Tensor | None = None,  # one weight per id (mode "sum" only, as PyTorch)
     include_last_offset: bool = False,  # True: `offsets` ends with len(input) (CSR style)
     bag_len: int | None = None,  # pad bags to this length (the graph's); default: the longest bag
+    mode: str = "sum",  # the bag's mode: per-sample weights are only defined for "sum"
 ) -> tuple[Tensor, Tensor]:
     "Padded `(bags, L)` ids and position weights for an EmbeddingBag graph, from PyTorch's input forms."
+    if per_sample_weights is not None and mode != "sum":
+        raise ValueError(f"per_sample_weights are only supported with mode='sum' (as in PyTorch), got mode={mode!r}")
     if input.dim() == 2:
         if offsets is not None:
             raise ValueError("offsets must be None when input is 2-D (bags, L): each row is one bag")
@@ -358,3 +362,36 @@ def convert_embedding_bag(
     graph.add_input("weights", bag_len)
     graph.set_outputs(add_embedding_bag(graph, "ids", "weights", bag))
     return graph
+
+# %% ../nbs/14_convert_embed.ipynb #d50c8ccc
+def own_origins(graph: Graph, before: set[str], output: str, origin: str) -> None:
+    "Groups added since `before` take their own names as origin; the output group takes the module's `origin`."
+    for name in set(graph.groups) - before:
+        graph.groups[name].origin = origin if name == output else name
+
+
+@register_module(nn.Embedding)
+def _convert_embedding(ctx: Context, call: Call) -> Value:
+    "nn.Embedding: one-hot neurons and the (renormalised) table as shared per-position synapses."
+    ids: Value = ctx.arg(0)
+    before = set(ctx.graph.groups)
+    out = add_embedding(ctx.graph, ctx.source(ids), call.module, ctx.name())
+    own_origins(ctx.graph, before, out, call.path)
+    return ctx.result(out)
+
+
+@register_module(nn.EmbeddingBag)
+def _convert_embedding_bag(ctx: Context, call: Call) -> Value:
+    "nn.EmbeddingBag on 2-D bags (batch, L), optionally with per-sample weights (batch, L)."
+    ids, offsets, weights = ctx.param(1 - 1, "input"), ctx.param(1, "offsets"), ctx.param(2, "per_sample_weights")
+    if offsets is not None or len(ids.shape) != 1:
+        raise ConversionError(
+            f"{call.path}: EmbeddingBag with offsets (1-D input) has no per-sample batch dimension; convert the module "
+            "with marble_nb.convert_embed.convert_embedding_bag and feed it bag_inputs(input, offsets, ...)"
+        )
+    before = set(ctx.graph.groups)
+    if weights is None:
+        weights = Value(ctx.graph.add_group(f"{ctx.name()}.ones", ids.shape, "constant").name, ids.shape)
+    out = add_embedding_bag(ctx.graph, ctx.source(ids), ctx.source(weights), call.module, ctx.name())
+    own_origins(ctx.graph, before, out, call.path)
+    return ctx.result(out)

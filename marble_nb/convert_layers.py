@@ -20,9 +20,10 @@ from .ops import Conv, Dense, Gather, Operator, Sparse, numel
 
 # %% auto #0
 __all__ = ['convert_linear', 'convert_f_linear', 'convert_identity', 'convert_passthrough', 'check_conversion', 'convert_relu6',
-           'convert_prelu', 'convert_conv', 'convert_f_conv', 'Pool', 'convert_maxpool', 'convert_avgpool',
-           'convert_f_maxpool', 'convert_f_avgpool', 'adaptive_windows', 'convert_adaptive_pool',
-           'convert_f_adaptive_pool', 'convert_view', 'convert_batchnorm', 'convert_neg', 'convert_reduce']
+           'convert_prelu', 'convert_conv', 'convert_f_conv', 'ConvTranspose', 'convert_conv_transpose',
+           'convert_bilinear', 'convert_matmul', 'Pool', 'convert_maxpool', 'convert_avgpool', 'convert_f_maxpool',
+           'convert_f_avgpool', 'adaptive_windows', 'convert_adaptive_pool', 'convert_f_adaptive_pool', 'convert_view',
+           'convert_batchnorm', 'convert_layernorm', 'convert_groupnorm', 'convert_neg', 'convert_reduce']
 
 # %% ../nbs/12_convert_layers.ipynb #5894f6e0
 def _linear(ctx: Context, x: Value, weight: Tensor, bias: Tensor | None) -> Value:
@@ -245,6 +246,86 @@ def convert_f_conv(ctx: Context, call: Call) -> Value:
     p = [ctx.param(i, n, d) for i, (n, d) in enumerate([("input", None), ("weight", None), ("bias", None),
          ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)])]  # fmt: skip
     return _conv(ctx, *p)
+
+# %% ../nbs/12_convert_layers.ipynb #f8a58f26
+@dataclass(eq=False)
+class ConvTranspose(Operator):
+    "A transposed convolution `weight[c_in, c_out/groups, *k]` (1-d or 2-d), with all of PyTorch's settings."
+
+    weight: Tensor
+    stride: tuple[int, ...] = (1,)
+    padding: tuple[int, ...] = (0,)
+    output_padding: tuple[int, ...] = (0,)
+    dilation: tuple[int, ...] = (1,)
+    groups: int = 1
+
+    def output_shape(self, src_shape: tuple[int, ...]) -> tuple[int, ...]:
+        k = self.weight.shape[2:]
+        return (self.weight.shape[1] * self.groups, *(
+            (n - 1) * s - 2 * p + d * (kk - 1) + op + 1
+            for n, kk, s, p, op, d in zip(src_shape[1:], k, self.stride, self.padding, self.output_padding,
+                                          self.dilation, strict=True)
+        ))  # fmt: skip
+
+    def check_shapes(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> None:
+        from marble_nb.ops import ShapeError
+
+        if tuple(dst_shape) != self.output_shape(src_shape):
+            raise ShapeError(f"ConvTranspose on {src_shape} gives {self.output_shape(src_shape)}, not {dst_shape}")
+
+    def _adjoint(self) -> Conv:
+        "The convolution whose transpose this is (from the output's shape back to the input's): same kernel layout."
+        return Conv(self.weight, self.stride, self.padding, self.dilation, self.groups)
+
+    def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
+        fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.weight.dim() - 3]
+        x = x.reshape(x.shape[0], *src_shape)
+        return fn(x, self.weight.to(x.dtype), None, self.stride, self.padding, self.output_padding, self.groups,
+                  self.dilation)  # fmt: skip
+
+    def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
+        return self._adjoint().num_synapses(dst_shape, src_shape)
+
+    def synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = 1 << 22):
+        from marble_nb.ops import Synapses
+
+        for b in self._adjoint().synapses(dst_shape, src_shape, chunk):
+            yield Synapses(b.dst, b.src, b.weight)
+
+
+@register_module(nn.ConvTranspose1d, nn.ConvTranspose2d)
+def convert_conv_transpose(ctx: Context, call: Call) -> Value:
+    m = call.module
+    if m.padding_mode != "zeros":
+        raise ConversionError(f"{type(m).__name__} at {call.path}: padding_mode={m.padding_mode!r} is not supported")
+    x = ctx.arg(0)
+    op = ConvTranspose(m.weight.detach(), m.stride, m.padding, m.output_padding, m.dilation, m.groups)
+    dst = ctx.new_group(tuple(call.shape))
+    ctx.connect(ctx.source(x), dst, op)
+    ctx.bias(dst, m.bias)
+    return ctx.result(dst)
+
+# %% ../nbs/12_convert_layers.ipynb #7644dbf6
+@register_module(nn.Bilinear)
+def convert_bilinear(ctx: Context, call: Call) -> Value:
+    m, x1, x2 = call.module, ctx.arg(0), ctx.arg(1)
+    n1, n2 = m.in1_features, m.in2_features
+    pairs = ctx.new_group((n1, n2), "prod", suffix="_pairs")
+    ctx.connect(x1.group, pairs, Gather(torch.arange(n1).repeat_interleave(n2), torch.tensor(1.0)))
+    ctx.connect(x2.group, pairs, Gather(torch.arange(n2).repeat(n1), torch.tensor(1.0)))
+    return _linear(ctx, Value(pairs, (n1 * n2,)), m.weight.reshape(m.out_features, n1 * n2), m.bias)
+
+
+@register_function(torch.matmul, operator.matmul)
+@register_method("matmul", "__matmul__", "mm")
+def convert_matmul(ctx: Context, call: Call) -> Value:
+    "`x @ W` with a constant matrix `W` (a traced tensor on the right is not supported)."
+    x, w = ctx.arg(0), ctx.param(1, "other")
+    if not isinstance(x, Value) or isinstance(w, Value) or torch.as_tensor(w).dim() != 2:
+        raise ConversionError(
+            f"{call.describe()} at {call.path}: only (traced tensor) @ (constant matrix) is supported"
+        )
+    return _linear(ctx, x, torch.as_tensor(w).T, None)
 
 # %% ../nbs/12_convert_layers.ipynb #ffd25eb3
 @dataclass(eq=False)
@@ -522,6 +603,64 @@ def convert_batchnorm(ctx: Context, call: Call) -> Value:
     dst = ctx.new_group(x.shape)
     ctx.connect(ctx.source(x), dst, Gather(torch.arange(numel(x.shape)), _per_neuron(scale, x.shape).clone()))
     ctx.bias(dst, _per_neuron(shift, x.shape))
+    return ctx.result(dst)
+
+# %% ../nbs/12_convert_layers.ipynb #32dbd625
+@register_kind("layer_norm", elementwise=False, has_bias=False)
+def _layer_norm(pre: Tensor, group: Any) -> Tensor:
+    "Normalise over the last `attrs['dims']` dims (default 1, eps `attrs['eps']`), then `params` gain and shift."
+    dims = group.attrs.get("dims", 1)
+    out = F.layer_norm(pre, pre.shape[pre.dim() - dims :], eps=group.attrs.get("eps", 1e-5))
+    if "gain" in group.params:
+        out = out * group.params["gain"].to(out).reshape(group.shape)
+    if "shift" in group.params:
+        out = out + group.params["shift"].to(out).reshape(group.shape)
+    return out
+
+
+@register_kind("group_norm", elementwise=False, has_bias=False)
+def _group_norm(pre: Tensor, group: Any) -> Tensor:
+    "GroupNorm over `attrs['groups']` channel groups (dim 0 of the group's shape), then `params` gain and shift."
+    out = F.group_norm(pre, group.attrs["groups"], eps=group.attrs.get("eps", 1e-5))
+    if "gain" in group.params:
+        out = out * group.params["gain"].to(out).reshape(group.shape)
+    if "shift" in group.params:
+        out = out + group.params["shift"].to(out).reshape(group.shape)
+    return out
+
+
+def _affine_params(weight: Tensor | None, bias: Tensor | None, shape: tuple[int, ...], channelwise: bool) -> dict:
+    "Gain and shift spread to one value per neuron (per channel, or over the trailing dims)."
+    spread = (lambda v: _per_neuron(v, shape)) if channelwise else (lambda v: v.detach().expand(shape).reshape(-1))
+    params = {}
+    if weight is not None:
+        params["gain"] = spread(weight.detach()).clone()
+    if bias is not None:
+        params["shift"] = spread(bias.detach()).clone()
+    return params
+
+
+@register_module(nn.LayerNorm)
+def convert_layernorm(ctx: Context, call: Call) -> Value:
+    m, x = call.module, ctx.arg(0)
+    dims = len(m.normalized_shape)
+    if tuple(x.shape[len(x.shape) - dims :]) != tuple(m.normalized_shape):
+        raise ConversionError(f"LayerNorm at {call.path}: normalized_shape {m.normalized_shape} does not end {x.shape}")
+    params = _affine_params(m.weight, m.bias, x.shape, channelwise=False)
+    return _normalise(ctx, x, "layer_norm", dict(eps=m.eps, dims=dims), params)
+
+
+@register_module(nn.GroupNorm)
+def convert_groupnorm(ctx: Context, call: Call) -> Value:
+    m, x = call.module, ctx.arg(0)
+    params = _affine_params(m.weight, m.bias, x.shape, channelwise=True)
+    return _normalise(ctx, x, "group_norm", dict(groups=m.num_groups, eps=m.eps), params)
+
+
+def _normalise(ctx: Context, x: Value, kind: str, attrs: dict, params: dict) -> Value:
+    "A normalisation group fed one-to-one (never fused: it needs its own whole-group statistics)."
+    dst = ctx.new_group(x.shape, kind, attrs=attrs, params=params)
+    ctx.connect(ctx.source(x), dst, Gather.identity(numel(x.shape)))
     return ctx.result(dst)
 
 # %% ../nbs/12_convert_layers.ipynb #abb657cf

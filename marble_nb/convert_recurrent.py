@@ -14,17 +14,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .engine import run
+from .convert import Call, ConversionError, Context, Value, register_module
+from .convert_embed import Rearrange, own_origins
+from .engine import run, set_state
 from .graph import Graph, GraphSummary
-from .convert_embed import Rearrange
 from .ops import Dense
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
 __all__ = ['log', 'RECURRENT_CELLS', 'CellWeights', 'rnn_cell_graph', 'lstm_cell_graph', 'gru_cell_graph', 'RecurrentError',
-           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell', 'graft_graph',
-           'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle', 'save_recurrent', 'load_recurrent']
+           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell',
+           'engine_step_graph', 'graft_graph', 'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle',
+           'save_recurrent', 'load_recurrent', 'restore_hidden']
 
 # %% ../nbs/15_convert_recurrent.ipynb #30772b0f
 def _gate(
@@ -445,6 +447,18 @@ def convert_cell(module: nn.RNNCellBase, name: str = "") -> RecurrentCell:
     w = CellWeights(module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
     return RecurrentCell(_build_cell(cell, w, name or cell, name, getattr(module, "nonlinearity", "tanh")), cell)
 
+# %% ../nbs/15_convert_recurrent.ipynb #9baa22ae
+def engine_step_graph(net: RecurrentNet) -> Graph:
+    "A copy of a single-layer, one-direction network's step graph whose state the engine carries (`Runner`)."
+    if (net.num_layers, net.directions) != (1, 1):
+        raise RecurrentError(
+            f"engine_step_graph needs one layer and one direction, the network has {net.num_layers} and "
+            f"{net.directions}: stream it with RecurrentNet.stream instead"
+        )
+    graph = net.cells[0][0].copy()
+    set_state(graph, graph.metadata["state"])
+    return graph
+
 # %% ../nbs/15_convert_recurrent.ipynb #52075b7a
 def graft_graph(
     outer: Graph, inner: Graph, prefix: str, bindings: dict[str, tuple[str, Rearrange | None]]
@@ -594,3 +608,37 @@ def load_recurrent(path: str | Path) -> RecurrentNet:
     from marble_nb.io import load
 
     return recurrent_from_bundle(load(path))
+
+# %% ../nbs/15_convert_recurrent.ipynb #0ba553e3
+@register_module(nn.RNN, nn.LSTM, nn.GRU)
+def _convert_rnn(ctx: Context, call: Call) -> tuple[Value, None]:
+    "nn.RNN/LSTM/GRU (batch_first, zero initial state) unrolled over the example's length: (output, None)."
+    module = call.module
+    if not module.batch_first:
+        raise ConversionError(
+            f"{call.path}: convert_model treats dim 0 as the batch, so {type(module).__name__} must be "
+            "batch_first=True (or convert it alone with convert_recurrent)"
+        )
+    if ctx.param(1, "hx") is not None:
+        raise ConversionError(f"{call.path}: an initial state is not supported here; use convert_recurrent for state")
+    before = set(ctx.graph.groups)
+    out = add_recurrent(ctx.graph, ctx.source(ctx.arg(0)), module, ctx.name())
+    own_origins(ctx.graph, before, out, call.path)
+    return ctx.result(out), None
+
+# %% ../nbs/15_convert_recurrent.ipynb #84ea94d4
+def restore_hidden(module: nn.RNNBase, path: str | Path) -> RecurrentNet:
+    "Convert `module` and load the stream state saved (by `save_recurrent`) in `path`."
+    if not isinstance(module, nn.RNNBase):
+        raise RecurrentError(f"restoring a hidden state needs an nn.RNN/LSTM/GRU model, got {type(module).__name__}")
+    net, saved = convert_recurrent(module), load_recurrent(path)
+    layout = lambda n: (n.cell, n.num_layers, n.directions, n.state_sizes())  # noqa: E731
+    if layout(saved) != layout(net):
+        raise RecurrentError(
+            f"{path} holds a {saved.cell.upper()} with (layers, directions, state sizes) "
+            f"{layout(saved)[1:]}, but the model is a {net.cell.upper()} with {layout(net)[1:]}"
+        )
+    if saved.state is None:
+        raise RecurrentError(f"{path} holds no stream state: save the network after stream() to keep one")
+    net.state = saved.state
+    return net

@@ -5,20 +5,20 @@
 # %% ../nbs/03_engine.ipynb #d6ada517
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .graph import Graph, GraphError, Group
 from .kinds import get_kind
-from .ops import REDUCE_IDENTITY, SCATTER_REDUCE
+from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, Sparse
 
 MODES = ("compact", "synapse")
 
 # %% auto #0
-__all__ = ['MODES', 'run_all', 'run']
+__all__ = ['MODES', 'Hook', 'state_inputs', 'set_state', 'run_all', 'run', 'Runner', 'MarbleModule']
 
 # %% ../nbs/03_engine.ipynb #754195a7
 def _bind_inputs(graph: Graph, inputs: tuple[Tensor, ...], device: Any) -> dict[str, Tensor]:
@@ -38,6 +38,47 @@ def _bind_inputs(graph: Graph, inputs: tuple[Tensor, ...], device: Any) -> dict[
             )
         values[name] = x.reshape(x.shape[0], *group.shape)
     return values
+
+# %% ../nbs/03_engine.ipynb #38ef324d
+def state_inputs(graph: Graph) -> dict[str, str]:
+    "The graph's state map: state input group -> group whose value it takes at the next step."
+    return dict(graph.metadata.get("recurrent_state", {}))
+
+
+def set_state(graph: Graph, mapping: dict[str, str]) -> None:
+    "Declare recurrent state: each key (an input group) takes the value of its group at the next step."
+    for state_in, src in mapping.items():
+        if state_in not in graph.inputs:
+            raise GraphError(f"state input {state_in!r} must be one of the graph's inputs {graph.inputs}")
+        if graph.group(state_in).size != graph.group(src).size:
+            raise GraphError(
+                f"state {state_in!r} has {graph.group(state_in).size} neurons but {src!r} has {graph.group(src).size}"
+            )
+    graph.metadata["recurrent_state"] = dict(mapping)
+
+
+def _with_state(graph: Graph, inputs: tuple, state: dict[str, Tensor] | None, device: Any) -> tuple:
+    "The full input tuple in graph order: positional inputs for ordinary inputs, state (or zeros) for state inputs."
+    states = state_inputs(graph)
+    if not states:
+        if state:
+            raise GraphError(f"Graph {graph.name!r} has no recurrent state; do not pass state=")
+        return inputs
+    plain = [n for n in graph.inputs if n not in states]
+    if len(inputs) != len(plain):
+        raise GraphError(
+            f"Graph {graph.name!r} takes {len(plain)} input(s) {plain} besides its state, got {len(inputs)}"
+        )
+    given, state = iter(inputs), dict(state or {})
+    batch = inputs[0].shape[0] if inputs else 1
+    out = []
+    for name in graph.inputs:
+        if name in states:
+            default = torch.zeros(batch, *graph.groups[name].shape, device=device)
+            out.append(state.get(name, default))
+        else:
+            out.append(next(given))
+    return tuple(out)
 
 # %% ../nbs/03_engine.ipynb #5353e384
 def _combine(parts: list[Tensor], aggregate: str) -> Tensor:
@@ -91,118 +132,186 @@ def _activate(group: Group, pre: Tensor) -> Tensor:
     return get_kind(group.kind).activation(pre, group)
 
 # %% ../nbs/03_engine.ipynb #ffae98ba
-@dataclass
-class _Plan:
-    "Explicit synapses into one target group, ready for message passing."
-
-    src: Tensor  # int64 global source id
-    row: Tensor  # int64 target row: local id * slots + slot
-    weight: Tensor
-    degree: Tensor | None  # incoming synapses per target (mean aggregation)
-
-
-def _plan(graph: Graph, name: str, device: Any) -> _Plan:
-    "Materialise the synapses into group `name` once."
-    group, kind = graph.groups[name], get_kind(graph.groups[name].kind)
-    offsets = graph.offsets()
-    src, row, weight = [], [], []
-    for c in graph.incoming(name):
-        for b in c.op.synapses(graph.groups[c.src].shape, group.shape):
-            src.append(b.src.to(device) + offsets[c.src])
-            row.append(b.dst.to(device) * kind.slots + c.slot)
-            weight.append(b.weight.to(device))
-    if not src:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return _Plan(empty, empty, torch.zeros(0, device=device), None)
-    row_t = torch.cat(row)
-    degree = torch.bincount(row_t, minlength=group.size) if kind.aggregate == "mean" else None
-    return _Plan(torch.cat(src), row_t, torch.cat(weight), degree)
-
-
-def _plans(graph: Graph, device: Any) -> dict[str, _Plan]:
-    "Synapse plans for every non-input group, cached on the graph until its topology changes."
-    key = (graph.version, str(device))
-    cache = graph.__dict__.get("_plan_cache")
-    if cache is None or cache[0] != key:
-        plans = {n: _plan(graph, n, device) for n in graph.groups if n not in graph.inputs}
-        graph.__dict__["_plan_cache"] = cache = (key, plans)
+def _explicit(graph: Graph) -> dict[int, Sparse]:
+    "Each connection as explicit CSR synapses (Sparse ops as they are), cached per graph version."
+    cache = graph.__dict__.get("_explicit_cache")
+    if cache is None or cache[0] != graph.version:
+        ops = {}
+        for c in graph.connections:
+            s, d = graph.groups[c.src].shape, graph.groups[c.dst].shape
+            ops[id(c)] = c.op if isinstance(c.op, Sparse) else c.op.materialize(s, d)
+        graph.__dict__["_explicit_cache"] = cache = (graph.version, ops)
     return cache[1]
 
 
-def _message_pass(plan: _Plan, act: Tensor, group: Group, chunk: int) -> Tensor:
-    "Gather source activations, weight them and aggregate into the group's pre-activation rows."
+def _message_pass(graph: Graph, group: Group, values: dict[str, Tensor], batch: int, chunk: int) -> Tensor:
+    "The pre-activation of `group`, aggregated over its explicit incoming synapses."
     kind = get_kind(group.kind)
-    agg = "sum" if kind.aggregate == "mean" else kind.aggregate
-    rows = group.size * kind.slots
-    pre = act.new_full((act.shape[0], rows), REDUCE_IDENTITY[agg])
-    step = max(1, chunk // max(act.shape[0], 1))
-    for s0 in range(0, plan.src.numel(), step):
-        s = slice(s0, s0 + step)
-        msg = act[:, plan.src[s]] * plan.weight[s].to(act.dtype)
+    agg = "sum" if kind.aggregate == "mean" or kind.slots > 1 else kind.aggregate
+    explicit = _explicit(graph)
+    like = next(iter(values.values()))
+    pre = like.new_full((batch, group.size, kind.slots), REDUCE_IDENTITY[agg])
+    degree = torch.zeros(group.size, device=like.device) if kind.aggregate == "mean" else None
+    for c in graph.incoming(group.name):
+        op, x = explicit[id(c)], values[c.src].reshape(batch, -1)
         if agg == "sum":
-            pre.index_add_(1, plan.row[s], msg)
+            pre[..., c.slot] += (op.as_csr(x.dtype) @ x.T).T
         else:
-            pre.scatter_reduce_(1, plan.row[s].expand_as(msg), msg, SCATTER_REDUCE[agg])
-    if plan.degree is not None:
-        pre = pre / plan.degree.clamp_min(1).to(pre)
-    shape = (act.shape[0], *group.shape, kind.slots) if kind.slots > 1 else (act.shape[0], *group.shape)
-    return pre.reshape(shape)
+            _scatter_reduce(pre[..., c.slot], op, x, agg, chunk)
+        if degree is not None:
+            degree += (op.indptr[1:] - op.indptr[:-1]).to(degree)
+    if degree is not None:
+        pre = pre / degree.clamp_min(1)[:, None]
+    pre = pre if kind.slots > 1 else pre[..., 0]
+    return pre.reshape(batch, *group.shape, *((kind.slots,) if kind.slots > 1 else ()))
+
+
+def _scatter_reduce(out: Tensor, op: Sparse, x: Tensor, agg: str, chunk: int) -> None:
+    "Reduce weight × source into `out` (batch, targets) over the synapses of `op`, a bounded chunk at a time."
+    step = max(1, chunk // max(x.shape[0], 1))
+    for s0 in range(0, op.src.numel(), step):
+        s = slice(s0, s0 + step)
+        rows = torch.searchsorted(op.indptr[1:].long(), torch.arange(s0, min(s0 + step, op.src.numel())), right=True)
+        msg = x[:, op.src[s].long()] * op.weight[s].to(x.dtype)
+        out.scatter_reduce_(1, rows.expand_as(msg), msg, SCATTER_REDUCE[agg])
 
 # %% ../nbs/03_engine.ipynb #a4df7d42
+Hook = Callable[[Graph, int, dict[str, Tensor]], None]
+
+
 def run_all(
     graph: Graph,
-    *inputs: Tensor,  # one batch-first tensor per graph input
+    *inputs: Tensor,  # one batch-first tensor per graph input (state inputs excluded, see `state_inputs`)
     mode: str = "compact",  # "compact" (PyTorch kernels) or "synapse" (message passing)
+    state: dict[str, Tensor] | None = None,  # values of the state inputs (default: zeros)
     device: Any = None,  # where to compute; default: the first input's device
     chunk: int = 1 << 24,  # synapse mode: bound on batch × synapses per gather
+    hook: Hook | None = None,  # called after each level as hook(graph, level, values); may grow the graph
 ) -> dict[str, Tensor]:
     "Execute `graph` and return the value of every group, batch-first (for validation and inspection)."
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose one of {MODES}")
     device = device if device is not None else (inputs[0].device if inputs and torch.is_tensor(inputs[0]) else None)
-    values = _bind_inputs(graph, inputs, device)
+    values = _bind_inputs(graph, _with_state(graph, inputs, state, device), device)
     batch, like = next(iter(values.values())).shape[0], next(iter(values.values()))
     if mode == "compact":
-        _run_compact(graph, values, batch, like)
+        _run_compact(graph, values, batch, like, hook)
     else:
-        _run_synapse(graph, values, batch, like, chunk)
+        _run_synapse(graph, values, batch, chunk, hook)
     return values
 
 
 def run(
     graph: Graph,
-    *inputs: Tensor,  # one batch-first tensor per graph input
+    *inputs: Tensor,  # one batch-first tensor per graph input (state inputs excluded)
     mode: str = "compact",  # "compact" (PyTorch kernels) or "synapse" (message passing)
+    state: dict[str, Tensor] | None = None,  # recurrent graphs: state from the previous call (default zeros)
     device: Any = None,  # where to compute; default: the first input's device
     chunk: int = 1 << 24,  # synapse mode: bound on batch × synapses per gather
-) -> Tensor | tuple[Tensor, ...]:
-    "Execute `graph` on `inputs`; returns the output group(s), batch-first, shaped like the groups."
+    hook: Hook | None = None,  # called after each level; may add neurons/synapses to later levels
+) -> Tensor | tuple[Tensor, ...] | tuple[Any, dict[str, Tensor]]:
+    "Execute `graph`; returns its output(s), and for a recurrent graph `(outputs, new_state)`."
     if not graph.outputs:
         raise GraphError(f"Graph {graph.name!r} has no outputs: call graph.set_outputs(...)")
-    values = run_all(graph, *inputs, mode=mode, device=device, chunk=chunk)
+    values = run_all(graph, *inputs, mode=mode, state=state, device=device, chunk=chunk, hook=hook)
     outs = tuple(values[n] for n in graph.outputs)
-    return outs[0] if len(outs) == 1 else outs
+    outs = outs[0] if len(outs) == 1 else outs
+    if not state_inputs(graph):
+        return outs
+    return outs, {name: values[src] for name, src in state_inputs(graph).items()}
 
 
-def _run_compact(graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor) -> None:
-    for level in graph.levels():
+def _run_compact(graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor, hook: Hook | None) -> None:
+    for i, level in enumerate(_levels(graph)):
         for name in level:
             if name not in values:
                 group = graph.groups[name]
                 values[name] = _activate(group, _compact_pre(graph, group, values, batch, like))
+        if hook is not None:
+            hook(graph, i, values)
 
 
-def _run_synapse(graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor, chunk: int) -> None:
-    plans = _plans(graph, like.device)
-    offsets = graph.offsets()
-    act = like.new_zeros(batch, graph.num_neurons())
-    for name in graph.inputs:
-        act[:, offsets[name] : offsets[name] + graph.groups[name].size] = values[name].reshape(batch, -1)
-    for level in graph.levels():
-        for name in level:
-            if name in values:
-                continue
-            group = graph.groups[name]
-            out = _activate(group, _message_pass(plans[name], act, group, chunk))
-            values[name] = out
-            act[:, offsets[name] : offsets[name] + group.size] = out.reshape(batch, -1)
+def _run_synapse(graph: Graph, values: dict[str, Tensor], batch: int, chunk: int, hook: Hook | None) -> None:
+    i = 0
+    while i < len(levels := _levels(graph)):  # levels are re-read: a hook may have grown the graph
+        for name in levels[i]:
+            if name not in values:
+                group = graph.groups[name]
+                values[name] = _activate(group, _message_pass(graph, group, values, batch, chunk))
+        if hook is not None:
+            hook(graph, i, values)
+        i += 1
+
+
+def _levels(graph: Graph) -> list[list[str]]:
+    "Topological levels, cached per graph version."
+    cache = graph.__dict__.get("_levels_cache")
+    if cache is None or cache[0] != graph.version:
+        graph.__dict__["_levels_cache"] = cache = (graph.version, graph.levels())
+    return cache[1]
+
+# %% ../nbs/03_engine.ipynb #b8a06fff
+class Runner:
+    "Steps a recurrent graph through a stream, keeping its state between calls."
+
+    def __init__(self, graph: Graph, mode: str = "compact", device: Any = None):
+        self.graph, self.mode, self.device = graph, mode, device
+        self.state: dict[str, Tensor] | None = None
+
+    def step(self, *inputs: Tensor) -> Any:
+        "One step: the outputs for these inputs, given everything fed since the last reset."
+        outs, self.state = run(self.graph, *inputs, mode=self.mode, state=self.state, device=self.device)
+        return outs
+
+    def reset(self) -> None:
+        "Forget the state: the next step starts from zeros."
+        self.state = None
+
+# %% ../nbs/03_engine.ipynb #0003732e
+class MarbleModule(nn.Module):
+    "A MARBLE graph as an `nn.Module` (compact or synapse mode), its tensors registered as parameters/buffers."
+
+    def __init__(self, graph: Graph, mode: str = "compact"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+        self.graph, self.mode = graph.copy(), mode
+        self._slots: list[tuple[Any, str, str, str]] = []  # (owner, kind of owner, field, registered name)
+        for i, c in enumerate(self.graph.connections):
+            for name, t in c.op.tensors().items():
+                self._register(f"connections_{i}_{name}", t, (c.op, "op", name))
+        for i, g in enumerate(self.graph.groups.values()):
+            if g.bias is not None:
+                self._register(f"groups_{i}_bias", g.bias, (g, "bias", "bias"))
+            for name, t in g.params.items():
+                self._register(f"groups_{i}_param_{name}", t, (g, "param", name))
+
+    def _register(self, key: str, t: Tensor, owner: tuple[Any, str, str]) -> None:
+        if t.is_floating_point():
+            self.register_parameter(key, nn.Parameter(t.detach().clone()))
+        else:
+            self.register_buffer(key, t.detach().clone())
+        self._slots.append((*owner, key))
+
+    def _bind(self) -> None:
+        "Point the graph's operators and groups at the registered tensors (they change on .to() and loads)."
+        for owner, kind, name, key in self._slots:
+            t = getattr(self, key)
+            if kind == "op":
+                setattr(owner, name, t)
+            elif kind == "bias":
+                owner.bias = t
+            else:
+                owner.params[name] = t
+
+    def forward(self, *inputs: Tensor) -> Any:
+        self._bind()
+        return run(self.graph, *inputs, mode=self.mode)
+
+
+def _to_module(graph: Graph, mode: str = "compact") -> MarbleModule:
+    "This graph as an `nn.Module` (see `MarbleModule`)."
+    return MarbleModule(graph, mode)
+
+
+Graph.to_module = _to_module
