@@ -1,7 +1,8 @@
 """Logic gate networks: training-step speed/memory and packed inference throughput, as ratios.
 
 Every figure is measured in this run, each candidate in its own fresh process (one after the other,
-never concurrently), as the median of several repeats:
+never concurrently; the candidates take turns over several rounds so that load changes on a shared
+machine affect all of them), as the median of the repeats:
 
 - training step (forward + backward), 4 layers x 64,000 gates on 2x34x34 binary inputs, batch 128,
   2 threads: marble_nb's `LogicLayer` against (a) the 16-output formulation from the paper's
@@ -13,7 +14,7 @@ never concurrently), as the median of several repeats:
   (packing included): samples/s of `compile_logic` (pure PyTorch and generated C) against the float
   eval path. Goals: >= 1,000,000 samples/s and >= 100x the float eval path.
 
-Run: `python benchmarks/logic.py [--part train|packed|all] [--width 64000] [--repeats 5]`.
+Run: `python benchmarks/logic.py [--part train|packed|all] [--width 64000] [--repeats 2] [--rounds 3]`.
 The training part needs about 7 GB for baseline (a): run it alone.
 """
 
@@ -101,7 +102,7 @@ def child_train(candidate: str, width: int, batch: int, repeats: int, live_memor
         model.zero_grad(set_to_none=True)
         if i:  # the first step warms up allocator and caches
             times.append(elapsed)
-    return {"seconds": statistics.median(times), "extra_peak_mb": _peak_mb() - rss_before}
+    return {"times": times, "extra_peak_mb": _peak_mb() - rss_before}
 
 
 def _run_child(part: str, candidate: str, **kwargs) -> dict | None:
@@ -114,33 +115,54 @@ def _run_child(part: str, candidate: str, **kwargs) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_train(width: int, batch: int, repeats: int):
+def _interleaved(part: str, candidates: list[str], rounds: int, **kwargs) -> dict[str, dict]:
+    "Run every candidate once per round, in turn, so that load changes on a shared machine hit all alike."
+    runs: dict[str, list[dict]] = {c: [] for c in candidates}
+    for _ in range(rounds):
+        for candidate in candidates:
+            result = _run_child(part, candidate, **kwargs)
+            if result is not None:
+                runs[candidate].append(result)
+    return {c: r for c, r in runs.items() if r}
+
+
+def bench_train(width: int, batch: int, repeats: int, rounds: int):
     "Training step: marble_nb fast layer vs the 16-output formulation and torchlogix."
-    print(f"== training step: 4 x {width} gates, input 2x34x34, batch {batch}, 2 threads, median of {repeats}")
-    print("   time and extra peak RSS with the default allocator; 'live' = extra peak RSS when glibc mmaps every")
-    print("   block >= 1 MiB (freed memory returns to the OS at once, so RSS follows the live tensors)")
-    results = {}
-    for candidate in ("fast", "python", "torchlogix"):
-        if candidate == "torchlogix" and importlib.util.find_spec("torchlogix") is None:
-            print("  torchlogix: not installed, baseline (b) skipped (pip install --no-deps torchlogix)")
-            continue
-        timed = _run_child("train", candidate, width=width, batch=batch, repeats=repeats)
-        live = _run_child("train", candidate, width=width, batch=batch, repeats=1, live_memory=True)
-        if timed and live:
-            results[candidate] = {**timed, "live_mb": live["extra_peak_mb"]}
+    print(
+        f"== training step: 4 x {width} gates, input 2x34x34, batch {batch}, 2 threads; median of {rounds} rounds x "
+        f"{repeats} steps, candidates interleaved"
+    )
+    print("   extra peak RSS with the default allocator, and 'live': extra peak RSS when glibc mmaps every block")
+    print("   >= 1 MiB (freed memory returns to the OS at once, so RSS follows the live tensors)")
+    candidates = ["fast", "python"]
+    if importlib.util.find_spec("torchlogix") is None:
+        print("  torchlogix: not installed, baseline (b) skipped (pip install --no-deps torchlogix)")
+    else:
+        candidates.append("torchlogix")
+    timed = _interleaved("train", candidates, rounds, width=width, batch=batch, repeats=repeats)
+    live = _interleaved("train", candidates, 1, width=width, batch=batch, repeats=1, live_memory=True)
+    results = {
+        c: {
+            "seconds": statistics.median([t for r in timed[c] for t in r["times"]]),
+            "rss_mb": max(r["extra_peak_mb"] for r in timed[c]),
+            "live_mb": live[c][0]["extra_peak_mb"],
+        }
+        for c in candidates
+        if c in timed and c in live
+    }
     fast = results.get("fast")
     if fast:
         print(
-            f"  marble_nb          {fast['seconds']:7.3f} s  RSS {fast['extra_peak_mb']:6.0f} MiB  "
+            f"  marble_nb          {fast['seconds']:7.3f} s  RSS {fast['rss_mb']:6.0f} MiB  "
             f"live {fast['live_mb']:6.0f} MiB"
         )
     for name, label in (("python", "(a) 16-output"), ("torchlogix", "(b) torchlogix")):
         base = results.get(name)
         if fast and base:
             print(
-                f"  {label:17s} {base['seconds']:7.3f} s  RSS {base['extra_peak_mb']:6.0f} MiB  live "
+                f"  {label:17s} {base['seconds']:7.3f} s  RSS {base['rss_mb']:6.0f} MiB  live "
                 f"{base['live_mb']:6.0f} MiB | speed-up {base['seconds'] / fast['seconds']:5.2f}x  memory ratio "
-                f"RSS {fast['extra_peak_mb'] / base['extra_peak_mb']:.3f}  live {fast['live_mb'] / base['live_mb']:.3f}"
+                f"RSS {fast['rss_mb'] / base['rss_mb']:.3f}  live {fast['live_mb'] / base['live_mb']:.3f}"
             )
 
 
@@ -169,26 +191,36 @@ def child_packed(candidate: str, n: int, repeats: int) -> dict:
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
-    result = {"samples_per_s": n / statistics.median(times[1:])}
+    result = {"samples_per_s": n / statistics.median(times[1:])}  # the first run warms up
     if candidate != "float":
         result.update(identical=identical, build_s=build)
     return result
 
 
-def bench_packed(repeats: int):
+def bench_packed(repeats: int, rounds: int):
     "Packed inference (bool input, packing included) vs the float eval path, one thread."
-    print(f"== packed inference: 784 -> 4 x 8000 gates -> GroupSum(10), bool input, 1 thread, median of {repeats}")
-    float_eval = _run_child("packed", "float", n=2048, repeats=repeats)
-    if float_eval is None:
+    print(
+        f"== packed inference: 784 -> 4 x 8000 gates -> GroupSum(10), bool input, 1 thread; median of {rounds} "
+        f"rounds x {repeats} runs, candidates interleaved"
+    )
+    sizes = {"float": 2048, "torch": 65536, "c": 262144}
+    runs = {c: [] for c in sizes}
+    for _ in range(rounds):
+        for candidate, n in sizes.items():
+            result = _run_child("packed", candidate, n=n, repeats=repeats)
+            if result is not None:
+                runs[candidate].append(result)
+    if not runs["float"]:
         return
-    print(f"  float eval path      {float_eval['samples_per_s']:12,.0f} samples/s   1.0x")
-    for backend, n in (("torch", 65536), ("c", 262144)):
-        res = _run_child("packed", backend, n=n, repeats=repeats)
-        if res:
+    rate = {c: statistics.median(r["samples_per_s"] for r in rs) for c, rs in runs.items() if rs}
+    print(f"  float eval path      {rate['float']:12,.0f} samples/s     1.0x")
+    for backend in ("torch", "c"):
+        if backend in rate:
+            identical = all(r["identical"] for r in runs[backend])
+            build = max(r["build_s"] for r in runs[backend])
             print(
-                f"  packed, {backend:5s} backend {res['samples_per_s']:12,.0f} samples/s "
-                f"{res['samples_per_s'] / float_eval['samples_per_s']:7.1f}x  (identical to float eval: "
-                f"{res['identical']}, compile {res['build_s']:.1f} s)"
+                f"  packed, {backend:5s} backend {rate[backend]:12,.0f} samples/s {rate[backend] / rate['float']:7.1f}x"
+                f"  (identical to float eval: {identical}, compile <= {build:.1f} s)"
             )
 
 
@@ -200,7 +232,8 @@ def main():
     parser.add_argument("--part", choices=["train", "packed", "all"], default="all")
     parser.add_argument("--width", type=int, default=64000, help="gates per layer in the training benchmark")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2, help="measured steps/runs per child process")
+    parser.add_argument("--rounds", type=int, default=3, help="child processes per candidate, interleaved")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--candidate", help=argparse.SUPPRESS)
     parser.add_argument("--kwargs", help=argparse.SUPPRESS)
@@ -209,9 +242,9 @@ def main():
         print(json.dumps(CHILDREN[args.child](args.candidate, **json.loads(args.kwargs))))
         return
     if args.part in ("packed", "all"):
-        bench_packed(args.repeats)
+        bench_packed(args.repeats, args.rounds)
     if args.part in ("train", "all"):
-        bench_train(args.width, args.batch, args.repeats)
+        bench_train(args.width, args.batch, args.repeats, args.rounds)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from torch import nn
 from .kinds import GATE_COEFFICIENTS
 
 # %% auto #0
-__all__ = ['PASS_THROUGH_GATE', 'gate_truth_tables', 'gate_coefficients', 'relaxed_gates', 'random_connections',
-           'unique_connections', 'fan_out', 'LogicGateFunction', 'GateLogits', 'initial_logits', 'LogicLayer',
-           'GroupSum', 'tree_leaves', 'LogicConv2d', 'OrPool2d', 'from_difflogic']
+__all__ = ['PASS_THROUGH_GATE', 'gate_truth_tables', 'gate_coefficients', 'relaxed_gate_outputs', 'relaxed_gates',
+           'random_connections', 'unique_connections', 'fan_out', 'LogicGateFunction', 'GateLogits', 'initial_logits',
+           'LogicLayer', 'GroupSum', 'tree_leaves', 'LogicConv2d', 'OrPool2d', 'from_difflogic']
 
 # %% ../nbs/20_logic.ipynb #a5a0a4a0
 PASS_THROUGH_GATE = 3  # gate "A": output = first input, the residual-initialisation target
@@ -35,18 +35,21 @@ def gate_coefficients(dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return GATE_COEFFICIENTS.to(dtype)
 
 # %% ../nbs/20_logic.ipynb #8969c1de
-def relaxed_gates(
+def relaxed_gate_outputs(
     a: torch.Tensor,  # first inputs, probabilities in [0, 1]
     b: torch.Tensor,  # second inputs, same shape as `a`
-) -> torch.Tensor:
-    "All 16 relaxed gate outputs stacked on a new last axis (the paper's formulas, difflogic order)."
+) -> list[torch.Tensor]:
+    "The 16 relaxed gate outputs as the paper writes them, in difflogic order."
     ab = a * b
-    zeros, ones = torch.zeros_like(a), torch.ones_like(a)
-    outputs = [
-        zeros, ab, a - ab, a, b - ab, b, a + b - 2 * ab, a + b - ab,
-        1 - (a + b - ab), 1 - (a + b - 2 * ab), 1 - b, 1 - b + ab, 1 - a, 1 - a + ab, 1 - ab, ones,
+    return [
+        torch.zeros_like(a), ab, a - ab, a, b - ab, b, a + b - 2 * ab, a + b - ab,
+        1 - (a + b - ab), 1 - (a + b - 2 * ab), 1 - b, 1 - b + ab, 1 - a, 1 - a + ab, 1 - ab, torch.ones_like(a),
     ]  # fmt: skip
-    return torch.stack(outputs, dim=-1)
+
+
+def relaxed_gates(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    "All 16 relaxed gate outputs stacked on a new last axis."
+    return torch.stack(relaxed_gate_outputs(a, b), dim=-1)
 
 # %% ../nbs/20_logic.ipynb #edce726b
 def _check_fan_in(in_dim: int, out_dim: int):
@@ -269,9 +272,11 @@ class LogicLayer(GateLogits):
 
     def _forward_16(self, x: torch.Tensor) -> torch.Tensor:
         "difflogic's portable path: all 16 relaxed gates, mixed by softmax (training) or one-hot (eval)."
-        gates = relaxed_gates(x[:, self.wiring[0]], x[:, self.wiring[1]])
         mix = F.softmax(self.weights, -1) if self.training else F.one_hot(self.gate_ids(), 16).to(self.weights)
-        return (gates * mix.to(x.dtype)).sum(-1)
+        mix, out = mix.to(x.dtype), 0
+        for i, gate in enumerate(relaxed_gate_outputs(x[:, self.wiring[0]], x[:, self.wiring[1]])):
+            out = out + mix[:, i] * gate  # difflogic accumulates the weighted gates one by one
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.in_dim}, {self.out_dim}, connections={self.connections!r}, impl={self.implementation!r}"

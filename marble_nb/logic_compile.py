@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -21,15 +22,15 @@ import torch
 from torch import nn
 
 from .graph import Graph, GraphBuilder
-from .logic import GroupSum, LogicLayer
+from .logic import GateLogits, GroupSum, LogicConv2d, LogicLayer, OrPool2d, gate_truth_tables
 from .ops import Gather
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'GATE_EXPRESSIONS', 'C_FLAGS', 'BACKENDS', 'apply_gate', 'pack_bits', 'unpack_bits', 'hard_layers',
+__all__ = ['log', 'GATE_EXPRESSIONS', 'C_FLAGS', 'BACKENDS', 'apply_gate', 'pack_bits', 'unpack_bits', 'HardLayer', 'hard_layers',
            'PackedLayer', 'regroup', 'count_bits', 'c_source', 'find_c_compiler', 'build_c_library', 'CompiledLogic',
-           'compile_logic', 'add_logic_layer', 'add_group_sum', 'logic_to_marble']
+           'compile_logic', 'add_logic_gates', 'add_logic_module', 'add_group_sum', 'logic_to_marble']
 
 # %% ../nbs/21_logic_compile.ipynb #7cec4b74
 GATE_EXPRESSIONS = (
@@ -82,6 +83,18 @@ def unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
 
 # %% ../nbs/21_logic_compile.ipynb #6f097241
 _PASS_MODULES = (nn.Flatten, nn.Identity)
+_UNARY_GATES = torch.tensor([[0, 3], [12, 15]])  # [f(0), f(1)] -> gate computing f from (v, v)
+
+
+@dataclass
+class HardLayer:
+    "One layer of hard two-input gates: gate ids, input pairs, and the module it came from."
+
+    gates: torch.Tensor  # [n] gate ids (difflogic numbering)
+    wiring: torch.Tensor  # [2, n] indices into the previous layer's outputs (or the flattened input)
+    origin: str = ""  # module path in the model
+    origin_type: str = ""  # module type, e.g. "LogicConv2d"
+    shape: tuple[int, ...] | None = None  # the module's output shape, on the last layer of a module
 
 
 def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -92,27 +105,125 @@ def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [("", model)]
 
 
-def hard_layers(model: nn.Module) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], GroupSum | None, int]:
-    "([(gate ids, wiring) per LogicLayer], final GroupSum or None, input width) of a logic network."
+def _fold_padding(gates, a, b, a_ok, b_ok):
+    "Gates with padded (false) inputs rewritten as one-input gates reading their valid input twice."
+    tt = gate_truth_tables()
+    f0 = tt[gates, 0]
+    only_b = _UNARY_GATES[f0, tt[gates, 1]]  # a = 0: f(b) = g(0, b)
+    only_a = _UNARY_GATES[f0, tt[gates, 2]]  # b = 0: f(a) = g(a, 0)
+    constant = _UNARY_GATES[f0, f0]
+    gates = torch.where(a_ok & b_ok, gates, torch.where(b_ok, only_b, torch.where(a_ok, only_a, constant)))
+    a = torch.where(a_ok, a, b)
+    return gates, a, torch.where(b_ok, b, a)
+
+
+def _tree_levels(gates: torch.Tensor, width: int, prefix: tuple[int, ...], suffix: tuple[int, ...]) -> list:
+    "(gates, wiring) of the tree levels above the first: node j of a level reads nodes 2j, 2j+1 below."
+    levels = []
+    while width > 1:
+        below = torch.arange(math.prod(prefix) * width * math.prod(suffix)).view(*prefix, width, *suffix)
+        a, b = below[:, 0::2], below[:, 1::2]
+        level = gates[:, : width // 2].reshape(*prefix, width // 2, *[1] * len(suffix)).expand_as(a)
+        levels.append((level.flatten(), torch.stack([a.flatten(), b.flatten()])))
+        gates, width = gates[:, width // 2 :], width // 2
+    return levels
+
+
+def _lower_conv(conv: LogicConv2d, shape: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+    "A logic convolution as tree levels of (channel, node, y, x) gates, padding folded into the gates."
+    c, h, w = shape
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    leaves = conv.leaves.detach().cpu()
+    ch, ky, kx = leaves // (k * k), leaves % (k * k) // k, leaves % k
+    iy = (torch.arange(oh) * s - p).view(1, 1, -1, 1) + ky[..., None, None]  # [out, leaves, oh, 1]
+    ix = (torch.arange(ow) * s - p).view(1, 1, 1, -1) + kx[..., None, None]  # [out, leaves, 1, ow]
+    ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    flat = (ch[..., None, None] * h + iy.clamp(0, h - 1)) * w + ix.clamp(0, w - 1)
+    gates, first = conv.gate_ids().detach().cpu(), leaves.shape[1] // 2
+    g0 = gates[:, :first, None, None].expand(-1, -1, oh, ow)
+    g0, a, b = _fold_padding(g0, flat[:, 0::2], flat[:, 1::2], ok[:, 0::2], ok[:, 1::2])
+    levels = [(g0.flatten(), torch.stack([a.flatten(), b.flatten()]))]
+    levels += _tree_levels(gates[:, first:], first, (conv.out_channels,), (oh, ow))
+    return levels, (conv.out_channels, oh, ow)
+
+
+def _lower_or_pool(pool: OrPool2d, shape: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+    "OR pooling as a tree of OR gates per window (padded positions repeat a valid one: x OR x = x)."
+    c, h, w = shape
+    k, s, p = pool.kernel_size, pool.stride, pool.padding
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    iy = ((torch.arange(oh) * s - p)[:, None] + torch.arange(k)).view(1, oh, 1, k, 1)
+    ix = ((torch.arange(ow) * s - p)[:, None] + torch.arange(k)).view(1, 1, ow, 1, k)
+    ok = ((iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)).expand(c, oh, ow, k, k).flatten(-2)
+    flat = ((torch.arange(c).view(-1, 1, 1, 1, 1) * h + iy.clamp(0, h - 1)) * w + ix.clamp(0, w - 1)).flatten(-2)
+    first_ok = flat.gather(-1, ok.int().argmax(-1, keepdim=True))
+    members = torch.where(ok, flat, first_ok)  # [c, oh, ow, k*k] input of every window slot
+    levels, width = [], members.shape[-1]
+    while width > 1:
+        pairs = torch.cat([members, members[..., -1:]], -1) if width % 2 else members
+        a, b = pairs[..., 0::2], pairs[..., 1::2]
+        levels.append((torch.full((a.numel(),), 7), torch.stack([a.flatten(), b.flatten()])))  # 7 = OR
+        width = a.shape[-1]
+        members = torch.arange(a.numel()).view(a.shape)
+    return levels or [(torch.full((members.numel(),), 3), members.flatten().repeat(2, 1))], (c, oh, ow)
+
+
+def _lower(module: nn.Module, shape: tuple[int, ...], where: str) -> tuple[list, tuple[int, ...]]:
+    "(gates, wiring) layers and output shape of one module on inputs of per-sample `shape`."
+    if isinstance(module, LogicLayer):
+        if len(shape) != 1 or shape[0] != module.in_dim:
+            raise ValueError(f"{where} expects {module.in_dim} flat inputs, got shape {shape}; add nn.Flatten()")
+        return [(module.gate_ids().detach().cpu(), module.wiring.detach().cpu())], (module.out_dim,)
+    if isinstance(module, (LogicConv2d, OrPool2d)):
+        if len(shape) != 3 or (isinstance(module, LogicConv2d) and shape[0] != module.in_channels):
+            raise ValueError(f"{where} expects (channels, H, W) inputs, got shape {shape}")
+        return (_lower_conv if isinstance(module, LogicConv2d) else _lower_or_pool)(module, shape)
+    if isinstance(module, nn.Flatten):
+        return [], (math.prod(shape),)
+    return [], shape
+
+
+def _input_shape(model: nn.Module, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    "The per-sample input shape: given, or the first LogicLayer's width."
+    if input_shape is not None:
+        return tuple(input_shape)
+    first = next((m for _, m in _leaf_modules(model) if not isinstance(m, _PASS_MODULES)), None)
+    if isinstance(first, LogicLayer):
+        return (first.in_dim,)
+    raise ValueError("the model does not start with a LogicLayer: pass input_shape=(channels, H, W)")
+
+
+def hard_layers(
+    model: nn.Module,  # LogicLayer / LogicConv2d / OrPool2d / Flatten modules, optionally ending in GroupSum
+    input_shape: tuple[int, ...] | None = None,  # per-sample input shape (needed when the model starts with a conv)
+) -> tuple[list[HardLayer], GroupSum | None, tuple[int, ...]]:
+    "The model's hard gates as a list of layers, its final GroupSum (or None) and its input shape."
+    shape = in_shape = _input_shape(model, input_shape)
     layers, head = [], None
     for name, module in _leaf_modules(model):
         where = f"module {name!r} ({type(module).__name__})" if name else type(module).__name__
         if head is not None:
             raise ValueError(f"{where} follows the GroupSum; GroupSum must be the last module")
-        if isinstance(module, LogicLayer):
-            if layers and module.in_dim != layers[-1][2]:
-                raise ValueError(f"{where} has in_dim={module.in_dim} but the layer before has {layers[-1][2]} gates")
-            layers.append((module.gate_ids().detach(), module.wiring.detach(), module.out_dim))
-        elif isinstance(module, GroupSum):
+        if isinstance(module, GroupSum):
             head = module
-        elif not isinstance(module, _PASS_MODULES):
-            raise TypeError(f"compile_logic cannot compile {where}: supported are LogicLayer, GroupSum, Flatten")
+            continue
+        if not isinstance(module, (LogicLayer, LogicConv2d, OrPool2d, *_PASS_MODULES)):
+            raise TypeError(
+                f"compile_logic cannot compile {where}: supported are LogicLayer, LogicConv2d, OrPool2d, "
+                "Flatten and a final GroupSum"
+            )
+        lowered, shape = _lower(module, shape, where)
+        layers += [HardLayer(g, w, name, type(module).__name__) for g, w in lowered]
+        if lowered:
+            layers[-1].shape = shape
     if not layers:
-        raise ValueError("the model has no LogicLayer to compile")
-    if head is not None and layers[-1][2] % head.k:
-        raise ValueError(f"GroupSum(k={head.k}) needs the last layer's {layers[-1][2]} gates to divide into k groups")
-    first = next(m for _, m in _leaf_modules(model) if isinstance(m, LogicLayer))
-    return [(g.cpu(), w.cpu()) for g, w, _ in layers], head, first.in_dim
+        raise ValueError("the model has no logic layer to compile")
+    if head is not None and math.prod(shape) % head.k:
+        raise ValueError(
+            f"GroupSum(k={head.k}) needs the last layer's {math.prod(shape)} gates to divide into k groups"
+        )
+    return layers, head, in_shape
 
 # %% ../nbs/21_logic_compile.ipynb #4c12f09e
 @dataclass
@@ -131,13 +242,13 @@ def _runs(gates: torch.Tensor) -> list[tuple[int, int, int]]:
 
 
 def regroup(
-    layers: list[tuple[torch.Tensor, torch.Tensor]],  # (gate ids, wiring) per layer, as from `hard_layers`
+    layers: list[HardLayer],  # as from `hard_layers`
     k: int | None,  # GroupSum groups of the last layer (None: no GroupSum)
 ) -> tuple[list[PackedLayer], torch.Tensor]:
     "Layers with gates grouped by type, and the original position of every final output."
     packed, renumber = [], None
-    for i, (gates, wiring) in enumerate(layers):
-        wiring = wiring if renumber is None else renumber[wiring]
+    for i, layer in enumerate(layers):
+        gates, wiring = layer.gates, layer.wiring if renumber is None else renumber[layer.wiring]
         key = gates
         if i == len(layers) - 1 and k is not None:
             key = torch.arange(len(gates)) // (len(gates) // k) * 16 + gates  # class-major, then gate
@@ -421,7 +532,8 @@ class CompiledLogic:
         for start in range(0, words.shape[1], self.block_words):
             cur = words[:, start : start + self.block_words]
             for layer in self.layers:
-                a, b = cur.index_select(0, layer.wiring[0]), cur.index_select(0, layer.wiring[1])
+                wiring = layer.wiring.to(cur.device)  # no-op on CPU; lets the torch backend run on GPU words
+                a, b = cur.index_select(0, wiring[0]), cur.index_select(0, wiring[1])
                 cur = torch.empty_like(a)
                 for gate, s, e in layer.runs:
                     cur[s:e] = apply_gate(gate, a[s:e], b[s:e])
@@ -461,40 +573,54 @@ class CompiledLogic:
 
 
 def compile_logic(
-    model: nn.Module,  # a LogicLayer, or a Sequential of Flatten / LogicLayer / final GroupSum
+    model: nn.Module,  # LogicLayer / LogicConv2d / OrPool2d / Flatten modules, optionally ending in GroupSum
     backend: str = "auto",  # "c" (generated C), "torch" (pure PyTorch) or "auto" (C when a compiler exists)
+    input_shape: tuple[int, ...] | None = None,  # per-sample input shape; needed when the model starts with a conv
 ) -> CompiledLogic:
     "Extract the hard gates of a logic network and compile it for bit-packed inference."
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not supported; use one of {BACKENDS}")
-    layers, head, in_dim = hard_layers(model)
+    layers, head, in_shape = hard_layers(model, input_shape)
     packed, out_order = regroup(layers, head.k if head else None)
-    dtype = next(m for _, m in _leaf_modules(model) if isinstance(m, LogicLayer)).weights.dtype
+    dtype = next(m for _, m in _leaf_modules(model) if isinstance(m, GateLogits)).weights.dtype
     if backend == "auto":
         backend = "c" if find_c_compiler() else "torch"
         if backend == "torch":
             log.info("compile_logic: no C compiler found, using the PyTorch backend")
-    return CompiledLogic(packed, out_order, in_dim, head, dtype, backend)
+    return CompiledLogic(packed, out_order, math.prod(in_shape), head, dtype, backend)
 
 # %% ../nbs/21_logic_compile.ipynb #9c3c4066
-def add_logic_layer(
+def add_logic_gates(
     builder: GraphBuilder,  # graph under construction
-    src: str,  # group feeding the layer (its flattened neurons are the layer's inputs)
-    layer: LogicLayer,  # the layer; its argmax gates are used
+    src: str,  # group whose (flattened) neurons the gates read
+    layer: HardLayer,  # gate ids and input pairs
     name: str | None = None,  # name of the new group (default: logic0, logic1, ...)
-    origin: str = "",  # PyTorch module path, recorded on the group
 ) -> str:
-    "Add a group of `logic` neurons (gate ids in params['gate']) wired to `src` by slots A and B."
-    if builder.graph.group(src).size != layer.in_dim:
-        raise ValueError(
-            f"LogicLayer expects {layer.in_dim} inputs but group {src!r} has {builder.graph.group(src).size} neurons"
-        )
-    gates = layer.gate_ids().detach().cpu()
-    dst = builder.group(layer.out_dim, "logic", name, params={"gate": gates}, origin=origin, origin_type="LogicLayer")
-    one = torch.tensor(1.0)
-    for slot, index in enumerate(layer.wiring.detach().cpu()):
-        builder.connect(src, dst, Gather(index.clone(), one), slot=slot)
+    "Add a group of `logic` neurons (gate ids in params['gate']) wired to `src` through slots A and B."
+    shape = layer.shape or (layer.gates.numel(),)
+    dst = builder.group(
+        shape, "logic", name, params={"gate": layer.gates.clone()}, origin=layer.origin, origin_type=layer.origin_type
+    )
+    for slot, index in enumerate(layer.wiring):
+        builder.connect(src, dst, Gather(index.clone(), torch.tensor(1.0)), slot=slot)
     return dst
+
+
+def add_logic_module(
+    builder: GraphBuilder,  # graph under construction
+    src: str,  # group feeding the module
+    module: nn.Module,  # LogicLayer, LogicConv2d or OrPool2d (hard gates are used)
+    origin: str = "",  # PyTorch module path, recorded on the groups
+) -> str:
+    "Add one logic module as groups of `logic` neurons (one per tree level); returns the last group."
+    group = builder.graph.group(src)
+    shape = (group.size,) if isinstance(module, LogicLayer) else group.shape
+    lowered, out_shape = _lower(module, shape, f"module {origin!r} ({type(module).__name__})")
+    for i, (gates, wiring) in enumerate(lowered):
+        last = i == len(lowered) - 1
+        layer = HardLayer(gates, wiring, origin, type(module).__name__, out_shape if last else None)
+        src = add_logic_gates(builder, src, layer)
+    return src
 
 
 def add_group_sum(
@@ -517,18 +643,18 @@ def add_group_sum(
 
 
 def logic_to_marble(
-    model: nn.Module,  # a LogicLayer, or a Sequential of Flatten / LogicLayer / final GroupSum
+    model: nn.Module,  # LogicLayer / LogicConv2d / OrPool2d / Flatten modules, optionally ending in GroupSum
     name: str = "logic",  # graph name
+    input_shape: tuple[int, ...] | None = None,  # per-sample input shape; needed when the model starts with a conv
 ) -> Graph:
     "The hard (eval-mode) logic network as a MARBLE graph of `logic` neurons with A/B synapses."
-    hard_layers(model)  # validates the structure with clear errors
+    layers, head, in_shape = hard_layers(model, input_shape)
     builder = GraphBuilder(name)
-    first = next(m for _, m in _leaf_modules(model) if isinstance(m, LogicLayer))
-    current = builder.input(first.in_dim)
-    for path, module in _leaf_modules(model):
-        if isinstance(module, LogicLayer):
-            current = add_logic_layer(builder, current, module, origin=path)
-        elif isinstance(module, GroupSum):
-            current = add_group_sum(builder, current, module, origin=path)
+    current = builder.input(in_shape)
+    for layer in layers:
+        current = add_logic_gates(builder, current, layer)
+    if head is not None:
+        path = next(p for p, m in _leaf_modules(model) if m is head)
+        current = add_group_sum(builder, current, head, origin=path)
     builder.graph.set_outputs(current)
     return builder.graph

@@ -10,7 +10,7 @@ from torch import nn
 
 import marble_nb.logic_compile as lc
 from marble_nb.engine import run
-from marble_nb.logic import GroupSum, LogicLayer
+from marble_nb.logic import GroupSum, LogicConv2d, LogicLayer, OrPool2d
 from marble_nb.logic_compile import compile_logic, count_bits, find_c_compiler, pack_bits, unpack_bits
 
 BACKENDS = ["torch"] + (["c"] if find_c_compiler() else [])
@@ -108,3 +108,30 @@ def test_marble_graph_predicts_like_the_network(mode, seed, tau, n):
     assert torch.equal(scores.argmax(-1), expected.argmax(-1))  # ties broken alike: counts are exact
     torch.testing.assert_close(scores, expected, rtol=1e-6, atol=0)
     assert graph.num_synapses() == 2 * (40 + 30 + 30) + 30 + 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=15, deadline=None)
+@given(
+    channels=st.integers(1, 3),
+    out_channels=st.integers(1, 5),
+    kernel=st.integers(1, 3),
+    depth=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 1),
+    pool=st.sampled_from([None, (2, 0), (3, 1), (2, 1)]),
+    seed=st.integers(0, 1000),
+)
+def test_conv_networks_compile_and_convert_exactly(
+    backend, channels, out_channels, kernel, depth, stride, padding, pool, seed
+):
+    torch.manual_seed(seed)
+    conv = LogicConv2d(channels, out_channels, kernel, depth, stride, padding, seed=seed)
+    nn.init.normal_(conv.weights, std=3.0)
+    modules = [conv] + ([OrPool2d(pool[0], padding=pool[1])] if pool else [])
+    body = nn.Sequential(*modules, nn.Flatten()).eval()
+    x = torch.rand(70, channels, 7, 6) < 0.5
+    expected = body(x.float())
+    assert torch.equal(compile_logic(body, backend=backend, input_shape=(channels, 7, 6))(x), expected)
+    graph = lc.logic_to_marble(body, input_shape=(channels, 7, 6))
+    assert torch.equal(run(graph, x.float(), mode="synapse").flatten(1), expected)
