@@ -18,7 +18,7 @@ from .datasets import event_dataset
 from .events import FrameConfig, frame_events
 
 # %% auto #0
-__all__ = ['SampleError', 'GuardedFrames', 'AugmentedFrames', 'EventDataModule']
+__all__ = ['SampleError', 'GuardedFrames', 'StoppingDataLoader', 'AugmentedFrames', 'EventDataModule']
 
 # %% ../nbs/34_datamodule.ipynb #cd0e7f04
 class SampleError(RuntimeError):
@@ -41,6 +41,20 @@ class GuardedFrames(Dataset):
             file = self.files[index] if self.files is not None and index < len(self.files) else "<no file>"
             raise SampleError(f"sample {index} (file {file}) failed: {type(err).__name__}: {err}") from err
         return torch.as_tensor(np.asarray(frames), dtype=torch.float32), int(label)
+
+
+class StoppingDataLoader(DataLoader):
+    """A DataLoader that stops its worker processes as soon as iteration raises, not when garbage collected."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        try:
+            yield from iterator
+        except BaseException:
+            shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process iterators only
+            if shutdown is not None:
+                shutdown()
+            raise
 
 
 class AugmentedFrames:
