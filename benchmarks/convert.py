@@ -10,17 +10,13 @@ forward pass, minus RSS before) so that earlier work does not hide it.
 """
 
 import io
-import sys
-from pathlib import Path
 
 import torch
+from _measure import median_time, peak_rss_growth
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _measure import median_time, peak_rss_growth  # noqa: E402
-from test_convert import randomise_batchnorm, resnet18_shaped  # noqa: E402
-
-from marble_nb.convert import convert_model  # noqa: E402
+from marble_nb.convert import convert_model
+from marble_nb.models import resnet18_shaped
 
 REPEATS = 7
 
@@ -40,7 +36,7 @@ def make_network(name: str) -> tuple[nn.Module, tuple[int, ...]]:
             28,
             28,
         )
-    return randomise_batchnorm(resnet18_shaped(width=64, classes=1000)), (3, 64, 64)
+    return resnet18_shaped((3, 64, 64), classes=1000, width=64).eval(), (3, 64, 64)
 
 
 NETWORKS = ("mlp", "cnn", "resnet18")

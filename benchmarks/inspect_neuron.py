@@ -7,10 +7,8 @@ is produced and filtered), and their ratio. Both are measured in this run, media
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+from _measure import median_time
 
 from marble_nb import inspect as mi
 from marble_nb.ops import Operator
@@ -22,15 +20,6 @@ REPEATS = 3
 
 def links_both(graph, group: str, index: int) -> int:
     return len(mi.neuron_links(graph, group, index, "in")) + len(mi.neuron_links(graph, group, index, "out"))
-
-
-def median_time(fn, repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class GenericQueries:
@@ -57,10 +46,10 @@ def main() -> None:
     print(f"{'neuron':28s} {'synapses':>9s} {'queries':>10s} {'scan':>10s} {'ratio':>8s}")
     for group, index in NEURONS:
         n = links_both(graph, group, index)
-        fast = median_time(lambda: links_both(graph, group, index))  # noqa: B023
+        fast = median_time(lambda: links_both(graph, group, index), REPEATS, warmup=0)  # noqa: B023
         with GenericQueries():
             test_n = links_both(graph, group, index)
-            slow = median_time(lambda: links_both(graph, group, index), repeats=1)  # noqa: B023
+            slow = median_time(lambda: links_both(graph, group, index), 1, warmup=0)  # noqa: B023
         if test_n != n:
             raise SystemExit(f"{group}[{index}]: queries found {n} synapses, the scan {test_n}")
         print(f"{group + f'[{index}]':28s} {n:>9,} {fast * 1e3:>8.2f}ms {slow * 1e3:>8.0f}ms {slow / fast:>7.0f}x")

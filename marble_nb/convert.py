@@ -37,37 +37,30 @@ FUNCTIONS: dict[Callable, Converter] = {}
 METHODS: dict[str, Converter] = {}
 
 
-def register_module(*types: type) -> Callable[[Converter], Converter]:
-    "Decorator: `fn(ctx, call) -> Value` converts calls of modules of these types (and their subclasses)."
+def _registrar(table: dict, keys: tuple) -> Callable[[Converter], Converter]:
+    "A decorator entering the decorated converter into `table` under every key."
 
     def decorator(fn: Converter) -> Converter:
-        for t in types:
-            MODULES[t] = fn
+        for k in keys:
+            table[k] = fn
         return fn
 
     return decorator
+
+
+def register_module(*types: type) -> Callable[[Converter], Converter]:
+    "Decorator: `fn(ctx, call) -> Value` converts calls of modules of these types (and their subclasses)."
+    return _registrar(MODULES, types)
 
 
 def register_function(*fns: Callable) -> Callable[[Converter], Converter]:
     "Decorator: `fn(ctx, call) -> Value` converts calls of these functions (e.g. `F.relu`, `torch.relu`, `operator.add`)."
-
-    def decorator(fn: Converter) -> Converter:
-        for f in fns:
-            FUNCTIONS[f] = fn
-        return fn
-
-    return decorator
+    return _registrar(FUNCTIONS, fns)
 
 
 def register_method(*names: str) -> Callable[[Converter], Converter]:
     "Decorator: `fn(ctx, call) -> Value` converts calls of these tensor methods (e.g. `'view'`, `'relu'`)."
-
-    def decorator(fn: Converter) -> Converter:
-        for n in names:
-            METHODS[n] = fn
-        return fn
-
-    return decorator
+    return _registrar(METHODS, names)
 
 
 BUILTIN_CONVERTERS = [  # modules whose import registers the built-in converters

@@ -57,21 +57,7 @@ class SumLast(Operator):
             yield Synapses(src, src // n, self.weight.expand(src.shape), torch.zeros_like(src))
 
 # %% ../nbs/15a_convert_attention.ipynb #6617a360
-@register_kind("layer_norm", elementwise=False, has_bias=False)
-def _layer_norm(pre: Tensor, group: Any) -> Tensor:
-    "Normalise over the last dim (eps in `attrs`), then gain and shift per neuron (`params`)."
-    out = F.layer_norm(pre, pre.shape[-1:], eps=group.attrs.get("eps", 1e-5))
-    if "gain" in group.params:
-        out = out * group.params["gain"].to(out).reshape(group.shape)
-    if "shift" in group.params:
-        out = out + group.params["shift"].to(out).reshape(group.shape)
-    return out
-
-
-@register_kind("gelu")
-def _gelu(pre: Tensor, group: Any) -> Tensor:
-    "GELU of the weighted sum plus bias (`attrs['approximate']`: 'none' or 'tanh')."
-    return F.gelu(pre, approximate=group.attrs.get("approximate", "none"))
+import marble_nb.convert_layers  # noqa: F401  (registers the layer_norm and gelu kinds used below)
 
 # %% ../nbs/15a_convert_attention.ipynb #1aad28d5
 def _tile(values: Tensor, shape: tuple[int, ...]) -> Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .engine import run_all
 from .graph import Graph, GraphBuilder, GraphSummary
 from .io import atomic_write
 from .kinds import GATE_NAMES, get_kind
@@ -23,8 +24,8 @@ from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, Sparse, Synapses,
 # %% auto #0
 __all__ = ['COUNT_COLUMNS', 'synapses_into', 'synapses_out_of', 'Links', 'neuron_links', 'resnet18_graph', 'layer_counts',
            'plot_counts', 'save_counts_plot', 'layer_positions', 'plot_layers', 'neuron_positions', 'plot_neurons',
-           'plot_neighbourhood', 'group_weights', 'plot_weight_histograms', 'group_activations',
-           'plot_activation_histograms', 'gate_counts', 'plot_gate_histogram']
+           'plot_neighbourhood', 'group_weights', 'plot_weight_histograms', 'plot_activation_histograms', 'gate_counts',
+           'plot_gate_histogram']
 
 # %% ../nbs/50_inspect.ipynb #5f0e1955
 def _scan(op: Operator, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], keep: Callable) -> Synapses:
@@ -608,10 +609,12 @@ def plot_neighbourhood(
             other = (row["group"], row["index"])
             columns[2].setdefault(other)
             edges.append((1, neuron, 2, other, row["weight"], row["slot"]))
+    tallest = max(len(c) for c in columns)
     xy = {}
     for x, col in enumerate(columns):
+        step = tallest / max(len(col), 1)  # every column spreads over the same height
         for r, key in enumerate(col):
-            xy[(x, key)] = (float(x), (len(col) - 1) / 2 - r)
+            xy[(x, key)] = (float(x), ((len(col) - 1) / 2 - r) * step)
     fig = _figure(9.0, 1.2 + 0.32 * max(len(c) for c in columns))
     ax = fig.add_subplot()
     if edges:
@@ -624,8 +627,11 @@ def plot_neighbourhood(
         ax.scatter(
             [px], [py], s=60 if x == 1 else 28, c=_KIND_COLOURS.get(kind, "#DBDB8D"), edgecolors="#333333", zorder=2
         )
-        ha, dx = ("right", -0.05) if x == 0 else ("left", 0.05)
-        ax.text(px + dx, py, f"{group}[{_coords(graph, group, index)}]", ha=ha, va="center", fontsize=7)
+        label = f"{group}[{_coords(graph, group, index)}]"
+        if x == 1:  # chosen neurons: label above, clear of the lines on both sides
+            ax.text(px, py + 0.2, label, ha="center", va="bottom", fontsize=7, fontweight="bold")
+        else:
+            ax.text(px + (0.05 if x else -0.05), py, label, ha="left" if x else "right", va="center", fontsize=7)
     ax.set_xlim(-0.9, 2.9)
     ax.set_axis_off()
     ax.set_title(f"{graph.name}: neighbourhood of {len(chosen)} neuron(s), top {k} synapses in and out", fontsize=10)
@@ -690,18 +696,6 @@ def plot_weight_histograms(
     return fig
 
 
-def group_activations(graph: Graph, *inputs: Tensor) -> dict[str, Tensor]:
-    "The output of every group for `inputs` (one compact run), by group name."
-    from marble_nb.engine import run
-
-    everything = graph.copy()
-    everything.set_outputs(*graph.groups)
-    with torch.no_grad():
-        outs = run(everything, *inputs)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    return dict(zip(graph.groups, outs, strict=True))
-
-
 def plot_activation_histograms(
     graph: Graph,
     *inputs: Tensor,  # a batch for the graph's inputs
@@ -711,7 +705,8 @@ def plot_activation_histograms(
 ):
     "Histogram of each group's activations for the given inputs (one compact run)."
     names = _selected(graph, groups, lambda n: n not in graph.inputs)
-    acts = group_activations(graph, *inputs)
+    with torch.no_grad():
+        acts = run_all(graph, *inputs)
     fig, axes = _grid(len(names), ncols)
     for ax, name in zip(axes, names, strict=True):
         a = acts[name].detach().float().cpu().reshape(-1)

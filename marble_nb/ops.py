@@ -276,13 +276,15 @@ class Gather(Operator):
         if self.index.numel() and int(self.index.max()) >= numel(src_shape):
             raise ShapeError(f"Gather index {int(self.index.max())} is outside the source group {src_shape}")
 
-    def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
+    def reduce(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], aggregate: str) -> Tensor:
+        "One synapse per target: any aggregate of a single message is that message (the identity where none)."
         xf = x.reshape(x.shape[0], -1)
-        valid = self.index >= 0
         out = xf[:, self.index.clamp_min(0).long()] * self.weight.to(xf.dtype)
-        if not bool(valid.all()):  # where, not a product: an infinite source times 0 would give NaN
-            out = torch.where(valid, out, torch.zeros((), dtype=out.dtype, device=out.device))
-        return out.reshape(x.shape[0], *dst_shape)
+        empty = torch.full((), REDUCE_IDENTITY[aggregate], dtype=out.dtype, device=out.device)
+        return torch.where(self.index >= 0, out, empty).reshape(x.shape[0], *dst_shape)
+
+    def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
+        return self.reduce(x, src_shape, dst_shape, "sum")
 
     def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
         return int((self.index >= 0).sum())

@@ -103,6 +103,15 @@ def _module_outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[dict[
     return seen, out
 
 
+def _output_groups(graph: Graph) -> dict[str, str]:
+    "Module path -> the group holding its output: the last group of that origin (internal groups come first)."
+    last: dict[str, str] = {}
+    for name, group in graph.groups.items():
+        if group.origin:
+            last[group.origin] = name
+    return last
+
+
 def validate(
     model: nn.Module,
     graph: Graph,
@@ -128,10 +137,10 @@ def validate(
     values = run_all(graph, *inputs, mode=mode)
     checks = []
     if per_layer:
-        for name, group in graph.groups.items():
-            want = modules.get(group.origin)
-            if want is not None and name not in graph.outputs and want[0].numel() == group.size:
-                checks.append(LayerCheck(name, group.origin, *_errors(values[name], want, rtol, atol)))
+        for origin, name in _output_groups(graph).items():
+            want = modules.get(origin)
+            if want is not None and name not in graph.outputs and want[0].numel() == graph.groups[name].size:
+                checks.append(LayerCheck(name, origin, *_errors(values[name], want, rtol, atol)))
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if len(outs) != len(graph.outputs):
         raise ValidationError(f"the model returns {len(outs)} output(s), the graph {len(graph.outputs)}")

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from .graph import Graph
-from .inspect import _coords, _shape, group_activations, neuron_links
+from .engine import run_all
+from .inspect import _coords, _shape, neuron_links
 from .kinds import GATE_NAMES, get_kind
 
 log = logging.getLogger("marble_nb")
@@ -38,7 +39,8 @@ def _bind_sample(graph: Graph, sample: Tensor | tuple[Tensor, ...] | None) -> di
                 f"one sample: give {size} values shaped {graph.groups[name].shape} or (1, *shape)"
             )
         batched.append(x.reshape(1, *graph.groups[name].shape))
-    return {k: v[0] for k, v in group_activations(graph, *batched).items()}
+    with torch.no_grad():
+        return {k: v[0] for k, v in run_all(graph, *batched).items()}
 
 
 def _fmt(v: float) -> str:
@@ -148,7 +150,7 @@ def details(inspector: NeuronInspector) -> dict[str, Any]:
         bias=_fmt(float(g.bias[i])) if g.bias is not None else "none",
         params=_param_values(graph, group, i),
         activation=_fmt(act) if act is not None else "no sample",
-        origin=g.origin_type or g.origin or "",
+        origin=" ".join(filter(None, (g.origin, f"({g.origin_type})" if g.origin_type else ""))),
     )
 
 
@@ -171,7 +173,7 @@ def report(inspector: NeuronInspector) -> str:
     lines = [
         f"MARBLE graph {inspector.graph.name!r} — neuron {d['group']}[{d['position']}] (global id {d['global_id']})"
     ]
-    lines += [f"  {k}: {d[k]}" for k in ("kind", "bias", "activation") if d[k] != ""]
+    lines += [f"  {k}: {d[k]}" for k in ("origin", "kind", "bias", "activation") if d[k] != ""]
     lines += [f"  {k}: {v}" for k, v in d["params"].items()]
     for direction, title in (("in", "incoming"), ("out", "outgoing")):
         rows, total = links(inspector, direction)

@@ -27,6 +27,9 @@ if compgen -G "tutorials/*.ipynb" >/dev/null; then
     nbdev_test --path tutorials --do_print
 fi
 
+step "chromium for the browser test"
+bash scripts/install_browser.sh
+
 step "pytest tests/"
 set +e
 python -m pytest tests

@@ -9,68 +9,8 @@ from torch import nn
 from marble_nb.convert import ConversionError, UnsupportedLayerError, convert_model, supported_layers
 from marble_nb.engine import run
 from marble_nb.io import load, save
+from marble_nb.models import mobilenet_shaped, resnet18_shaped, vgg11_shaped
 from marble_nb.validate import validate
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-
-    def forward(self, x):
-        h = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(h)) + self.down(x))
-
-
-def resnet18_shaped(width: int = 8, classes: int = 10) -> nn.Module:
-    "ResNet-18's layout (stem, 4 stages of 2 basic blocks, global pool, fc) at a small width."
-    w = [width, 2 * width, 4 * width, 8 * width]
-    layers = [nn.Conv2d(3, w[0], 7, 2, 3, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    cin = w[0]
-    for i, c in enumerate(w):
-        layers += [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c)]
-        cin = c
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
-    return nn.Sequential(*layers)
-
-
-def vgg11_shaped(width: int = 4, classes: int = 10) -> nn.Module:
-    cfg = [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M"]
-    layers, cin = [], 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += [nn.Conv2d(cin, v * width, 3, padding=1), nn.BatchNorm2d(v * width), nn.ReLU(inplace=True)]
-            cin = v * width
-    layers += [nn.Flatten(), nn.Linear(cin, 32), nn.ReLU(), nn.Dropout(), nn.Linear(32, classes)]
-    return nn.Sequential(*layers)
-
-
-class DepthwiseSeparable(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.dw = nn.Sequential(
-            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6()
-        )
-        self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
-
-    def forward(self, x):
-        return self.pw(self.dw(x))
-
-
-def mobilenet_shaped(classes: int = 10) -> nn.Module:
-    blocks = [DepthwiseSeparable(8, 16, 1), DepthwiseSeparable(16, 32, 2), DepthwiseSeparable(32, 32, 1)]
-    stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
-    return nn.Sequential(stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes))
 
 
 def randomise_batchnorm(model: nn.Module) -> nn.Module:
@@ -87,9 +27,9 @@ def randomise_batchnorm(model: nn.Module) -> nn.Module:
 
 
 NETWORKS = {
-    "resnet18": (lambda: resnet18_shaped(), (3, 32, 32)),
-    "vgg11": (lambda: vgg11_shaped(), (3, 32, 32)),
-    "mobilenet": (lambda: mobilenet_shaped(), (3, 24, 24)),
+    "resnet18": (lambda: resnet18_shaped((3, 32, 32)), (3, 32, 32)),
+    "vgg11": (lambda: vgg11_shaped((3, 32, 32)), (3, 32, 32)),
+    "mobilenet": (lambda: mobilenet_shaped((3, 24, 24)), (3, 24, 24)),
 }
 
 
