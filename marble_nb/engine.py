@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import Graph, GraphError, Group
-from .kinds import get_kind
+from .kinds import UnknownKindError, get_kind
 from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, Sparse
 
 MODES = ("compact", "synapse")
@@ -192,6 +192,7 @@ def run_all(
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose one of {MODES}")
     device = device if device is not None else (inputs[0].device if inputs and torch.is_tensor(inputs[0]) else None)
+    _check_kinds(graph)
     values = _bind_inputs(graph, _with_state(graph, inputs, state, device), device)
     batch, like = next(iter(values.values())).shape[0], next(iter(values.values()))
     if mode == "compact":
@@ -199,6 +200,15 @@ def run_all(
     else:
         _run_synapse(graph, values, batch, chunk, hook)
     return values
+
+
+def _check_kinds(graph: Graph) -> None:
+    "Fail before computing if a group's kind is not registered here (e.g. a graph made where a user kind existed)."
+    for group in graph.groups.values():
+        try:
+            get_kind(group.kind)
+        except UnknownKindError as e:
+            raise UnknownKindError(f"group {group.name!r}: {e}") from None
 
 
 def run(
