@@ -402,13 +402,6 @@ class Pool(Operator):
         ones_mean = self._kernel(torch.ones(1, *src_shape, dtype=torch.float64), src_shape).reshape(-1)
         return (ones_mean / count.double().clamp_min(1)).float()
 
-    def materialize(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Sparse:
-        blocks = list(self.synapses(src_shape, dst_shape))
-        return Sparse.from_coo(
-            torch.cat([b.src for b in blocks]), torch.cat([b.dst for b in blocks]), torch.cat([b.weight for b in blocks]),
-            numel(dst_shape), numel(src_shape),
-        )  # fmt: skip
-
 
 def _tuple(v: Any, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n

@@ -97,12 +97,12 @@ def _combine(parts: list[Tensor], aggregate: str) -> Tensor:
 
 
 def _in_degree(graph: Graph, name: str, device: Any) -> Tensor:
-    "Number of incoming synapses of every neuron of group `name` (for mean aggregation)."
-    group = graph.groups[name]
+    "Number of incoming synapses of every neuron of group `name` (mean aggregation), from the cached CSR connections."
+    explicit, group = _explicit(graph), graph.groups[name]
     deg = torch.zeros(group.size, device=device)
     for c in graph.incoming(name):
-        for b in c.op.synapses(graph.groups[c.src].shape, group.shape):
-            deg.index_add_(0, b.dst.to(device), torch.ones(b.dst.numel(), device=device))
+        indptr = explicit[id(c)].indptr
+        deg += (indptr[1:] - indptr[:-1]).to(deg)
     return deg.reshape(group.shape)
 
 
@@ -151,17 +151,14 @@ def _message_pass(graph: Graph, group: Group, values: dict[str, Tensor], batch: 
     explicit = _explicit(graph)
     like = next(iter(values.values()))
     pre = like.new_full((batch, group.size, kind.slots), REDUCE_IDENTITY[agg])
-    degree = torch.zeros(group.size, device=like.device) if kind.aggregate == "mean" else None
     for c in graph.incoming(group.name):
         op, x = explicit[id(c)], values[c.src].reshape(batch, -1)
         if agg == "sum":
             pre[..., c.slot] += (op.as_csr(x.dtype) @ x.T).T
         else:
             _scatter_reduce(pre[..., c.slot], op, x, agg, chunk)
-        if degree is not None:
-            degree += (op.indptr[1:] - op.indptr[:-1]).to(degree)
-    if degree is not None:
-        pre = pre / degree.clamp_min(1)[:, None]
+    if kind.aggregate == "mean":
+        pre = pre / _in_degree(graph, group.name, like.device).reshape(-1).clamp_min(1)[:, None]
     pre = pre if kind.slots > 1 else pre[..., 0]
     return pre.reshape(batch, *group.shape, *((kind.slots,) if kind.slots > 1 else ()))
 
