@@ -5,6 +5,7 @@
 # %% ../nbs/42_train_cli.ipynb #cecac770
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,10 +68,12 @@ CONFIG_MODELS: dict[str, dict[str, Any]] = {  # class, encoding, learning rate p
 }
 
 
-def _model_options(model: str, sensor: tuple[int, int], classes: int) -> dict[str, Any]:
+def _model_options(model: str, input_shape: list[int], classes: int) -> dict[str, Any]:
     "Options of `model` that depend on the input size or the classes."
-    if model == "difflogic":
-        return dict(depth=4, width=classes * -(-8000 // classes))  # about 8000 gates, a multiple of the classes
+    sensor = input_shape[-2:]
+    if model == "difflogic":  # 8000 gates, or enough for the first layer to read every input; a multiple of classes
+        gates = max(8000, -(-math.prod(input_shape) // 2))
+        return dict(depth=4, width=classes * -(-gates // classes))
     if model == "attention":  # the largest patch dividing both sides that still leaves 200 tokens or more
         sides = [p for p in range(1, min(sensor) + 1) if sensor[0] % p == 0 and sensor[1] % p == 0]
         return dict(patch=max(p for p in sides if (sensor[0] // p) * (sensor[1] // p) >= 200))
@@ -88,7 +91,7 @@ def train_config(dataset: str, model: str) -> dict[str, Any]:
     data, spec = CONFIG_DATASETS[dataset], CONFIG_MODELS[model]
     input_shape = [data["time_bins"], 2, *data["sensor"]]
     network = dict(input_shape=input_shape, classes=data["classes"]) | _model_options(
-        model, data["sensor"], data["classes"]
+        model, input_shape, data["classes"]
     )
     return {
         "seed_everything": 0,
@@ -114,7 +117,9 @@ def write_configs(folder: str | os.PathLike = "configs") -> list[Path]:
                       "# Written by marble_nb.train_cli.write_configs; override keys on the command line or copy the file.\n")  # fmt: skip
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(header + yaml.safe_dump(train_config(dataset, model), sort_keys=False, default_flow_style=None))
+            tmp.write_text(
+                header + yaml.safe_dump(train_config(dataset, model), sort_keys=False, default_flow_style=None)
+            )
             os.replace(tmp, path)
             paths.append(path)
     return paths
