@@ -43,9 +43,10 @@ def test_print_config_resolves_defaults(path):
     assert stop.value.code in (0, None)
     printed = yaml.safe_load(out.getvalue())
     original = yaml.safe_load(path.read_text())
-    assert printed["model"]["model"]["init_args"] | original["model"]["model"]["init_args"] == printed["model"]["model"][
-        "init_args"
-    ]
+    assert (
+        printed["model"]["model"]["init_args"] | original["model"]["model"]["init_args"]
+        == printed["model"]["model"]["init_args"]
+    )
     assert printed["trainer"]["top_k"] == 3 and "accelerator" in printed["trainer"]  # make_trainer's and Trainer's
     assert printed["data"]["init_args"]["framing"]["encoding"] == original["data"]["init_args"]["framing"]["encoding"]
 

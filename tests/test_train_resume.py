@@ -1,4 +1,4 @@
-"Resuming on N-Digits: exact continuation (RNG included), changed LR settings and length, incompatible settings refused."
+"Resuming on N-Digits: exact continuation (RNG included), changed LR settings and length, incompatible settings."
 
 import math
 
@@ -130,7 +130,9 @@ def _nmnist(root):
             n = 30
             xy = torch.randint(0, 34, (2, n), generator=g)
             t = torch.randint(0, 9000, (n,), generator=g).sort().values
-            events = make_events(xy[0].numpy(), xy[1].numpy(), t.numpy(), torch.randint(0, 2, (n,), generator=g).numpy())
+            events = make_events(
+                xy[0].numpy(), xy[1].numpy(), t.numpy(), torch.randint(0, 2, (n,), generator=g).numpy()
+            )
             write_nmnist_bin(root / "NMNIST" / split / str(digit) / "00000.bin", events)
     return root
 
