@@ -85,7 +85,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         scores = self(x)
         loss = nn.functional.cross_entropy(scores, y)
-        self.stats[f"{stage}_stats"].update(scores.detach(), y)
+        self.stats[f"{stage}_stats"](scores.detach(), y)  # forward: this batch's values for step logs, and accumulate
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(y), sync_dist=stage != "train")
         self.log_dict(self.stats[f"{stage}_stats"], batch_size=len(y))
         for name, fn in self.user_metrics.items():
