@@ -8,17 +8,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.overrides import TorchFunctionMode
 
-from .graph import Graph, GraphBuilder, GraphSummary
+from .graph import Graph, GraphBuilder, GraphSummary, summary
 from .ops import Gather, Operator
 
 log = logging.getLogger("marble_nb")
@@ -26,8 +25,8 @@ log = logging.getLogger("marble_nb")
 # %% auto #0
 __all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'register_module', 'register_function',
            'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
-           'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'trace_fx', 'trace_by_running', 'trace',
-           'ConvertConfig', 'Context', 'convert_model']
+           'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'trace_fx', 'trace_chain',
+           'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
 
 # %% ../nbs/11_convert.ipynb #7a1fd85a
 Converter = Callable[["Context", "Call"], "Value"]
@@ -185,46 +184,97 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname) and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
 
 
-def _per_sample(meta: Any) -> tuple[tuple[int, ...] | None, torch.dtype | None]:
-    if meta is None or not hasattr(meta, "shape"):
+def _per_sample(value: Any) -> tuple[tuple[int, ...] | None, torch.dtype | None]:
+    "Per-sample shape (batch dim removed) and dtype of a result, or (None, None) when it is not a tensor."
+    if not isinstance(value, Tensor):
         return None, None
-    return tuple(meta.shape[1:]), meta.dtype
+    return tuple(value.shape[1:]), value.dtype
 
 
 def trace_fx(model: nn.Module, example: tuple[Tensor, ...]) -> list[Call]:
     "Symbolically trace `model` and measure every result's shape by running `example` through the trace."
-    graph = _Tracer().trace(model)
-    gm = fx.GraphModule(model, graph)
-    ShapeProp(gm).propagate(*example)
+    nodes = list(_Tracer().trace(model).nodes)
+    last_use = {n: i for i, node in enumerate(nodes) for n in node.all_input_nodes}
     index: dict[fx.Node, int] = {}
+    values: dict[fx.Node, Any] = {}
+    inputs = iter(example)
     calls: list[Call] = []
 
     def arg(a: Any) -> Any:
         return fx.node.map_arg(a, lambda n: Ref(index[n]))
 
-    for node in gm.graph.nodes:
-        shape, dtype = _per_sample(node.meta.get("tensor_meta"))
-        if node.op == "placeholder":
-            call = Call("input", node.name, shape=shape, dtype=dtype, path=node.name)
-        elif node.op == "call_module":
-            call = Call(
-                "module", gm.get_submodule(node.target), arg(node.args), arg(node.kwargs), shape, dtype, node.target
-            )
-        elif node.op == "call_function":
-            call = Call("function", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
-        elif node.op == "call_method":
-            call = Call("method", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
-        elif node.op == "get_attr":
-            call = Call("constant", _fetch_attr(gm, node.target), path=node.target)
-        else:
-            call = Call("output", None, arg(node.args), path="output")
-        index[node] = len(calls)
-        calls.append(call)
+    with torch.no_grad():
+        for i, node in enumerate(nodes):
+            values[node] = value = _run_node(model, node, values, inputs)
+            shape, dtype = _per_sample(value)
+            if node.op == "placeholder":
+                call = Call("input", node.name, shape=shape, dtype=dtype, path=node.name)
+            elif node.op == "call_module":
+                target = model.get_submodule(node.target)
+                call = Call("module", target, arg(node.args), arg(node.kwargs), shape, dtype, node.target)
+            elif node.op == "call_function":
+                call = Call("function", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
+            elif node.op == "call_method":
+                call = Call("method", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
+            elif node.op == "get_attr":
+                call = Call("constant", value, path=node.target)
+            else:
+                call = Call("output", None, arg(node.args), path="output")
+            index[node] = len(calls)
+            calls.append(call)
+            for n in node.all_input_nodes:  # free each intermediate result after its last reader
+                if last_use[n] == i:
+                    del values[n]
     return calls
 
 
-def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
+def _run_node(model: nn.Module, node: fx.Node, values: dict[fx.Node, Any], inputs: Iterator[Tensor]) -> Any:
+    "The result of one traced node on the example: what `ShapeProp` measures, without building a `GraphModule`."
+    if node.op == "placeholder":
+        return next(inputs, node.args[0] if node.args else None)  # a missing input takes forward's default
+    if node.op == "get_attr":
+        return _fetch_attr(model, node.target)
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
+    if node.op == "call_module":
+        return model.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return None
+
+
+def _chain(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | None:
+    "The registered layers a plain `nn.Sequential` runs one after another (nested ones flattened), else None."
+    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
+        return None
+    layers: list[tuple[str, nn.Module]] = []
+    for name, m in model._modules.items():
+        if module_converter(m) is not None:
+            layers.append((prefix + name, m))
+            continue
+        inner = _chain(m, f"{prefix}{name}.")
+        if inner is None:
+            return None
+        layers += inner
+    return layers
+
+
+def trace_chain(layers: list[tuple[str, nn.Module]], example: Tensor) -> list[Call]:
+    "The calls of a chain of registered layers (see `_chain`), each measured by running it on the previous output."
+    x = example
+    calls = [Call("input", "input", shape=tuple(x.shape[1:]), dtype=x.dtype, path="input")]
+    with torch.no_grad():
+        for path, m in layers:
+            x = m(x)
+            shape, dtype = _per_sample(x)
+            calls.append(Call("module", m, (Ref(len(calls) - 1),), {}, shape, dtype, path))
+    calls.append(Call("output", None, (Ref(len(calls) - 1),), path="output"))
+    return calls
+
+
+def _fetch_attr(model: nn.Module, target: str) -> Any:
+    obj: Any = model
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj.detach() if isinstance(obj, Tensor) else obj
@@ -386,9 +436,12 @@ class _Root(nn.Module):
 
 
 def trace(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[list[Call], str]:
-    "Trace with torch.fx, falling back to recording a run; returns the calls and the method used."
+    "Trace `model` (a `Sequential` chain directly, else torch.fx, else a recorded run); returns the calls and the method."
+    layers = _chain(model) if len(example) == 1 else None
     if module_converter(model) is not None:  # one registered layer: recording its single call is exact
         calls, method = trace_by_running(_Root(model), example), "recorded run"
+    elif layers is not None:  # a plain Sequential of registered layers: its calls are known without tracing
+        calls, method = trace_chain(layers, example[0]), "sequential"
     else:
         calls, method = _trace_fx_or_record(model, example)
     for c in calls:
@@ -455,16 +508,42 @@ class ConvertConfig:
         return getattr(torch, self.dtype)
 
 
+_META = torch.device("meta")
+
+
 class Context:
     "What a converter works with: the graph under construction, the converted inputs, helpers."
 
-    def __init__(self, graph: Graph, config: ConvertConfig, device: Any):
+    def __init__(self, graph: Graph, config: ConvertConfig, device: Any, dry_run: bool = False):
         self.graph, self.config, self.device = graph, config, device
         self.builder = GraphBuilder(graph.name, bias_neurons=config.bias_neurons, dtype=config.torch_dtype)
         self.builder.graph = graph
         self.values: list[Any] = []
         self.call: Call | None = None
         self.producer: dict[str, Call] = {}  # group -> the call that created it (for fusion)
+        self.dry_run = dry_run  # True: tensors are dropped after each call (see `hollow`), only counts are kept
+        self.synapse_counts: dict[Operator, int] = {}  # dry run: synapses of every hollowed operator
+
+    def hollow(self) -> None:
+        """Dry run: count the synapses of every connection not yet counted, then keep only the shapes of all
+        the graph's tensors (the `meta` device), so a dry run holds no weights, indices or biases."""
+        graph, counts = self.graph, self.synapse_counts
+        for c in graph.connections:
+            if c.op not in counts:
+                n = graph._count(c)
+                c.op = c.op.to(_META)
+                counts[c.op] = n
+        for g in graph.groups.values():
+            if g.bias is not None and not g.bias.is_meta:
+                g.bias = g.bias.to(_META)
+            if any(not t.is_meta for t in g.params.values()):
+                g.params = {k: t.to(_META) for k, t in g.params.items()}
+
+    def summary(self) -> GraphSummary:
+        "The per-group counts of the graph built so far (in a dry run, from the counts taken before hollowing)."
+        if not self.dry_run:
+            return self.graph.summary()
+        return summary(self.graph, count=lambda c: self.synapse_counts[c.op])
 
     # -- inputs -----------------------------------------------------------------------------------
     def arg(self, i: int = 0, default: Any = None) -> Any:
@@ -575,11 +654,6 @@ class Context:
 def _check_supported(calls: list[Call]) -> None:
     "Raise one UnsupportedLayerError naming every operation without a converter, with all places it occurs."
     missing: dict[tuple[str, str], list[str]] = {}
-    known = dict(
-        module=[t.__name__ for t in MODULES],
-        function=[_qualname(f) for f in FUNCTIONS],
-        method=[f"Tensor.{m}" for m in METHODS],
-    )
     for c in calls:
         unsupported = (
             (c.kind == "module" and module_converter(c.target) is None)
@@ -589,6 +663,11 @@ def _check_supported(calls: list[Call]) -> None:
         if unsupported:
             missing.setdefault((c.kind, c.describe()), []).append(c.path)
     if missing:
+        known = dict(
+            module=[t.__name__ for t in MODULES],
+            function=[_qualname(f) for f in FUNCTIONS],
+            method=[f"Tensor.{m}" for m in METHODS],
+        )
         kinds = {"module": "module", "function": "function", "method": "tensor method"}
         raise UnsupportedLayerError(
             [_unsupported_message(kinds[k], name, ", ".join(paths), known[k]) for (k, name), paths in missing.items()]
@@ -615,13 +694,15 @@ def convert_model(
     example_input: Tensor | tuple[Tensor, ...] | None = None,  # batch-first example(s), used to measure shapes
     *,
     config: ConvertConfig | dict | None = None,  # conversion options (see `ConvertConfig`)
-    dry_run: bool = False,  # return the per-group summary instead of the graph
+    dry_run: bool = False,  # return the per-group summary only: no graph is kept, no synapse is allocated
     validate: bool = False,  # run both and raise `ValidationError` if outputs differ beyond tolerance
     device: Any = None,  # where the graph's tensors live (default: where the weights are)
     name: str | None = None,  # the graph's name (default: the model's class name)
 ) -> Graph | GraphSummary:
     "Convert a PyTorch model into a MARBLE graph (or its summary with `dry_run=True`)."
     config = config if isinstance(config, ConvertConfig) else ConvertConfig.from_dict(config or {})
+    if dry_run and validate:
+        raise ValueError("dry_run=True builds no graph to validate: drop validate=True, or dry_run=True")
     load_builtin_converters()
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -632,19 +713,25 @@ def convert_model(
         calls, method = trace(model, example)
         _check_supported(calls)
         graph = Graph(name or type(model).__name__, metadata=dict(source=type(model).__name__, traced_by=method))
-        ctx = Context(graph, config, device)
+        ctx = Context(graph, config, device, dry_run)
         for call in calls:
             ctx.call, ctx.config = call, config.for_call(call.path)
             ctx.values.append(_convert_call(ctx, call))
+            if dry_run:
+                ctx.hollow()
     finally:
         model.train(was_training)
-    log.info("converted %s (%s): %d groups, %s neurons, %s synapses", graph.name, method, len(graph.groups),
-             f"{graph.num_neurons():,}", f"{graph.num_synapses():,}")  # fmt: skip
+    if dry_run or log.isEnabledFor(logging.INFO):
+        counts = ctx.summary()
+        log.info("converted %s (%s): %d groups, %s neurons, %s synapses%s", graph.name, method, len(graph.groups),
+                 f"{counts.totals['neurons']:,}", f"{counts.totals['synapses']:,}", " (dry run)" * dry_run)  # fmt: skip
+    if dry_run:
+        return counts
     if validate:
         from marble_nb.validate import validate as _validate
 
         _validate(model, graph, example, raise_on_failure=True, per_layer=False)
-    return graph.summary() if dry_run else graph
+    return graph
 
 
 def _convert_call(ctx: Context, call: Call) -> Any:
@@ -664,7 +751,8 @@ def _convert_call(ctx: Context, call: Call) -> Any:
         return _evaluate(call, ctx.resolve(call.args), ctx.resolve(call.kwargs))
     converter = {"module": lambda: module_converter(call.target), "function": lambda: FUNCTIONS[call.target],
                  "method": lambda: METHODS[call.target]}[call.kind]()  # fmt: skip
-    log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
     try:
         value = converter(ctx, call)
     except (ConversionError, UnsupportedLayerError):

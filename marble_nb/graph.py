@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +22,7 @@ log = logging.getLogger("marble_nb")
 # %% auto #0
 __all__ = ['log', 'GraphError', 'Group', 'Connection', 'Graph', 'NeuronTable', 'GlobalSynapses', 'neurons', 'synapses',
            'edge_index', 'GraphSummary', 'summary', 'add_neurons', 'remove_neurons', 'add_synapses', 'remove_synapses',
-           'GraphBuilder']
+           'prune_synapses', 'GraphBuilder']
 
 # %% ../nbs/02_graph.ipynb #c175de04
 class GraphError(ValueError):
@@ -335,11 +335,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def summary(graph: Graph) -> GraphSummary:
-    "Per-group table of neurons, incoming synapses and parameters, computed without materialising synapses."
+def summary(graph: Graph, count: Callable[[Connection], int] | None = None) -> GraphSummary:
+    """Per-group table of neurons, incoming synapses and parameters, computed without materialising synapses.
+
+    `count(connection)` gives a connection's synapses (default: from its operator and the groups' shapes);
+    a dry run passes the counts it took before dropping the tensors."""
+    count = count or graph._count
+    incoming: dict[str, list[Connection]] = {name: [] for name in graph.groups}
+    for c in graph.connections:
+        incoming[c.dst].append(c)
     rows = []
     for name, grp in graph.groups.items():
-        conns = graph.incoming(name)
+        conns = incoming[name]
         rows.append(
             dict(
                 group=name,
@@ -347,7 +354,7 @@ def summary(graph: Graph) -> GraphSummary:
                 origin=grp.origin_type or grp.origin,
                 shape=grp.shape,
                 neurons=grp.size,
-                synapses=sum(graph._count(c) for c in conns),
+                synapses=sum(count(c) for c in conns),
                 parameters=sum(c.op.num_parameters() for c in conns)
                 + sum(t.numel() for t in grp.tensors().values() if t.is_floating_point()),
             )
@@ -472,10 +479,36 @@ def remove_synapses(graph: Graph, src: str, dst: str, src_ids: Tensor, dst_ids: 
     return int(drop.sum())
 
 
+def prune_synapses(graph: Graph, threshold: float = 0.0, groups: list[str] | None = None) -> int:
+    """Remove every synapse whose |weight| <= `threshold` (into `groups`, default all); returns how many.
+
+    Only connections that store such a weight are made explicit; the others keep their compact operator."""
+    removed = 0
+    for c in graph.connections:
+        if groups is not None and c.dst not in groups:
+            continue
+        stored = [t for t in c.op.tensors().values() if t.is_floating_point()]
+        if not any(bool((t.abs() <= threshold).any()) for t in stored):
+            continue  # weightless operators (pooling windows) have fixed positive weights
+        op = (
+            c.op if isinstance(c.op, Sparse) else c.op.materialize(graph.groups[c.src].shape, graph.groups[c.dst].shape)
+        )
+        keep = op.weight.abs() > threshold
+        if bool(keep.all()):
+            continue
+        removed += int((~keep).sum())
+        c.op = Sparse.from_coo(op.src.long()[keep], op.targets()[keep], op.weight[keep], op.n_dst, op.n_src)
+    if removed:
+        graph._changed()
+        log.debug("pruned %d synapses with |weight| <= %g", removed, threshold)
+    return removed
+
+
 Graph.add_neurons = add_neurons
 Graph.remove_neurons = remove_neurons
 Graph.add_synapses = add_synapses
 Graph.remove_synapses = remove_synapses
+Graph.prune_synapses = prune_synapses
 
 # %% ../nbs/02_graph.ipynb #8ca6ade6
 class GraphBuilder:
