@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from .ops import Gather, Operator
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'register_module', 'register_function',
-           'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
+__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'HOLLOW_NEURONS', 'register_module',
+           'register_function', 'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
            'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'trace_fx', 'trace_chain',
            'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
 
@@ -74,9 +75,11 @@ BUILTIN_CONVERTERS = [  # modules whose import registers the built-in converters
 def load_builtin_converters() -> None:
     "Import the modules that register the built-in converters (they import this one, so they load on first use)."
     import importlib
+    import sys
 
     for name in BUILTIN_CONVERTERS:
-        importlib.import_module(name)
+        if name not in sys.modules:  # the cheap check first: this runs on every conversion
+            importlib.import_module(name)
 
 
 def module_converter(module: nn.Module) -> Converter | None:
@@ -509,6 +512,7 @@ class ConvertConfig:
 
 
 _META = torch.device("meta")
+HOLLOW_NEURONS = 1 << 16  # a dry run drops the tensors of new groups once they hold this many neurons (~256 kB)
 
 
 class Context:
@@ -523,27 +527,35 @@ class Context:
         self.producer: dict[str, Call] = {}  # group -> the call that created it (for fusion)
         self.dry_run = dry_run  # True: tensors are dropped after each call (see `hollow`), only counts are kept
         self.synapse_counts: dict[Operator, int] = {}  # dry run: synapses of every hollowed operator
+        self._hollowed = (0, 0)  # dry run: connections and groups already hollowed
 
-    def hollow(self) -> None:
-        """Dry run: count the synapses of every connection not yet counted, then keep only the shapes of all
-        the graph's tensors (the `meta` device), so a dry run holds no weights, indices or biases."""
+    def hollow(self, min_neurons: int = 0) -> None:
+        """Dry run: count the synapses of the connections made since the last hollowing, then keep only the
+        shapes of their tensors and of the new groups' (the `meta` device) — once the new groups hold at least
+        `min_neurons` neurons, so that small layers are batched (their tensors are O(neurons), and moving
+        them costs more than they weigh)."""
         graph, counts = self.graph, self.synapse_counts
-        for c in graph.connections:
-            if c.op not in counts:
-                n = graph._count(c)
-                c.op = c.op.to(_META)
-                counts[c.op] = n
-        for g in graph.groups.values():
-            if g.bias is not None and not g.bias.is_meta:
+        n_conns, n_groups = self._hollowed
+        if sum(g.size for g in itertools.islice(graph.groups.values(), n_groups, None)) < min_neurons:
+            return
+        for c in graph.connections[n_conns:]:
+            n = graph._count(c)
+            c.op = c.op.to(_META)
+            counts[c.op] = n
+        for g in itertools.islice(graph.groups.values(), n_groups, None):
+            if g.bias is not None:
                 g.bias = g.bias.to(_META)
-            if any(not t.is_meta for t in g.params.values()):
+            if g.params:
                 g.params = {k: t.to(_META) for k, t in g.params.items()}
+        self._hollowed = (len(graph.connections), len(graph.groups))
 
     def summary(self) -> GraphSummary:
         "The per-group counts of the graph built so far (in a dry run, from the counts taken before hollowing)."
         if not self.dry_run:
             return self.graph.summary()
-        return summary(self.graph, count=lambda c: self.synapse_counts[c.op])
+        counts, graph = self.synapse_counts, self.graph
+        # not counted yet: connections made since the last hollowing (their tensors are real)
+        return summary(graph, count=lambda c: counts[c.op] if c.op in counts else graph._count(c))
 
     # -- inputs -----------------------------------------------------------------------------------
     def arg(self, i: int = 0, default: Any = None) -> Any:
@@ -595,6 +607,7 @@ class Context:
         self.graph.connect(src, dst, op.to(self.device, self.config.torch_dtype), slot)
 
     def bias(self, group: str, bias: Tensor | None) -> None:
+        "Give `group` this bias (per neuron, or per channel of a (C, …) group) as configured."
         if bias is not None:
             self.builder.bias(group, bias.detach().to(self.device))
 
@@ -706,8 +719,9 @@ def convert_model(
     load_builtin_converters()
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
+    training = [m for m in model.modules() if m.training]  # restored exactly afterwards
+    if training:
+        model.eval()
     try:
         example = _example_inputs(model, example_input, device)
         calls, method = trace(model, example)
@@ -718,9 +732,10 @@ def convert_model(
             ctx.call, ctx.config = call, config.for_call(call.path)
             ctx.values.append(_convert_call(ctx, call))
             if dry_run:
-                ctx.hollow()
+                ctx.hollow(min_neurons=HOLLOW_NEURONS)
     finally:
-        model.train(was_training)
+        for m in training:
+            m.training = True
     if dry_run or log.isEnabledFor(logging.INFO):
         counts = ctx.summary()
         log.info("converted %s (%s): %d groups, %s neurons, %s synapses%s", graph.name, method, len(graph.groups),

@@ -626,6 +626,11 @@ def _fold(ctx: Context, x: Value, scale: Tensor, shift: Tensor) -> bool:
             or group.kind != "identity" or len(conns) != 1 or not isinstance(conns[0].op, (Conv, Dense))
             or x.group in ctx.graph.outputs):  # fmt: skip
         return False
+    group.origin, group.origin_type = ctx.call.path, f"{group.origin_type}+{ctx.call.describe()}"
+    ctx.graph._changed()
+    if ctx.dry_run:  # counts only: the folded values are never computed; the group now has a bias to count
+        group.bias = torch.empty(group.size, device="meta") if group.bias is None else group.bias
+        return True
     op = conns[0].op
     w_scale = (
         scale.reshape(-1, *([1] * (op.weight.dim() - 1)))
@@ -633,10 +638,8 @@ def _fold(ctx: Context, x: Value, scale: Tensor, shift: Tensor) -> bool:
         else _per_neuron(scale, group.shape)[:, None]
     )
     conns[0].op = type(op)(**{**op.tensors(), **op.settings(), "weight": op.weight * w_scale.to(op.weight)})
-    bias = group.bias if group.bias is not None else torch.zeros(group.size, device=scale.device)
+    bias = group.bias if group.bias is not None else torch.zeros(group.size, device=op.weight.device)
     group.bias = bias * _per_neuron(scale, group.shape).to(bias) + _per_neuron(shift, group.shape).to(bias)
-    group.origin, group.origin_type = ctx.call.path, f"{group.origin_type}+{ctx.call.describe()}"
-    ctx.graph._changed()
     return True
 
 

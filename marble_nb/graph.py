@@ -394,11 +394,12 @@ def add_neurons(graph: Graph, name: str, n: int, bias: Tensor | float = 0.0) -> 
     "Append `n` neurons (no synapses yet) to group `name`; returns their local ids."
     group = _check_resizable(graph, name)
     for c in graph.incoming(name) + graph.outgoing(name):
-        op = _explicit_connection(graph, c)
+        op = _explicit_connection(graph, c)  # new operators, not edits: copies of the graph may share `op`
         if c.dst == name:
-            op.indptr = torch.cat([op.indptr, op.indptr[-1:].expand(n)])
+            op = replace(op, indptr=torch.cat([op.indptr, op.indptr[-1:].expand(n)]))
         if c.src == name:
-            op.n_src += n
+            op = replace(op, n_src=op.n_src + n)
+        c.op = op
     old = group.size
     new_bias = torch.as_tensor(bias, dtype=torch.float32).expand(n).clone()
     if group.bias is not None or bool((new_bias != 0).any()):

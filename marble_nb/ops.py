@@ -51,6 +51,7 @@ def index_dtype(n: int) -> torch.dtype:
 
 # %% ../nbs/01_ops.ipynb #c48e3243
 OPERATORS: dict[str, type[Operator]] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 REDUCE_IDENTITY = {"max": float("-inf"), "min": float("inf"), "prod": 1.0, "sum": 0.0}
 SCATTER_REDUCE = {"max": "amax", "min": "amin", "prod": "prod", "sum": "sum"}
 
@@ -95,13 +96,23 @@ class Operator:
             out.scatter_reduce_(1, block.dst.expand_as(msg), msg, SCATTER_REDUCE[aggregate])
         return out.reshape(x.shape[0], *dst_shape)
 
+    def _field_names(self) -> tuple[str, ...]:
+        "The dataclass field names of this operator's class (looked up once per class: `fields()` is slow)."
+        cls = type(self)
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+        return names
+
     def tensors(self) -> dict[str, Tensor]:
         "The operator's tensor fields."
-        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        values = ((n, getattr(self, n)) for n in self._field_names())
+        return {n: v for n, v in values if isinstance(v, Tensor)}
 
     def settings(self) -> dict[str, Any]:
         "The operator's non-tensor fields (JSON-able settings)."
-        return {f.name: getattr(self, f.name) for f in fields(self) if not isinstance(getattr(self, f.name), Tensor)}
+        values = ((n, getattr(self, n)) for n in self._field_names())
+        return {n: v for n, v in values if not isinstance(v, Tensor)}
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         "(tensors, settings): everything needed to rebuild the operator with `operator_from_state`."
@@ -116,11 +127,14 @@ class Operator:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Operator:
-        "A copy on `device`; floating-point tensors converted to `dtype` when given."
+        "The operator on `device`, floating-point tensors converted to `dtype` when given (itself if nothing moves)."
+        tensors = self.tensors()
         moved = {
             k: t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
-            for k, t in self.tensors().items()
+            for k, t in tensors.items()
         }
+        if all(moved[k] is t for k, t in tensors.items()):
+            return self
         return replace(self, **moved)
 
     def materialize(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Sparse:
@@ -368,8 +382,7 @@ class Conv(Operator):
         for n_in, n_out, kk, s, p, d in zip(
             src_shape[1:], dst_shape[1:], self.weight.shape[2:], self.stride, self.padding, self.dilation, strict=True
         ):
-            i = torch.arange(n_out)[:, None] * s - p + torch.arange(kk)[None, :] * d
-            per_dim *= int(((i >= 0) & (i < n_in)).sum())
+            per_dim *= sum(_valid_outputs(n_in, n_out, k * d - p, s) for k in range(kk))
         return self.weight.shape[0] * self.weight.shape[1] * per_dim
 
     def synapses(
@@ -398,6 +411,13 @@ class Conv(Operator):
                 blocks.append((src, dst, widx))
             src, dst, widx = (torch.cat(parts) for parts in zip(*blocks, strict=True))
             yield Synapses(src, dst, flat_w[widx], widx)
+
+
+def _valid_outputs(n_in: int, n_out: int, offset: int, stride: int) -> int:
+    "How many outputs o in [0, n_out) read an input inside [0, n_in) at o·stride + offset (one kernel tap)."
+    first = max(0, -(offset // stride))  # smallest o with o·stride + offset >= 0
+    last = min(n_out - 1, (n_in - 1 - offset) // stride)  # largest o with o·stride + offset < n_in
+    return max(0, last - first + 1)
 
 
 def _ntuple(v: Any, n: int) -> tuple[int, ...]:
