@@ -528,6 +528,7 @@ class Context:
         self.dry_run = dry_run  # True: tensors are dropped after each call (see `hollow`), only counts are kept
         self.synapse_counts: dict[Operator, int] = {}  # dry run: synapses of every hollowed operator
         self._hollowed = (0, 0)  # dry run: connections and groups already hollowed
+        self._pending = (0, 0)  # dry run: groups looked at, and the neurons of those not yet hollowed
 
     def hollow(self, min_neurons: int = 0) -> None:
         """Dry run: count the synapses of the connections made since the last hollowing, then keep only the
@@ -535,8 +536,10 @@ class Context:
         `min_neurons` neurons, so that small layers are batched (their tensors are O(neurons), and moving
         them costs more than they weigh)."""
         graph, counts = self.graph, self.synapse_counts
-        n_conns, n_groups = self._hollowed
-        if sum(g.size for g in itertools.islice(graph.groups.values(), n_groups, None)) < min_neurons:
+        (n_conns, n_groups), (n_seen, pending) = self._hollowed, self._pending
+        pending += sum(g.size for g in itertools.islice(graph.groups.values(), n_seen, None))
+        self._pending = (len(graph.groups), pending)
+        if pending < min_neurons:
             return
         for c in graph.connections[n_conns:]:
             n = graph._count(c)
@@ -547,7 +550,7 @@ class Context:
                 g.bias = g.bias.to(_META)
             if g.params:
                 g.params = {k: t.to(_META) for k, t in g.params.items()}
-        self._hollowed = (len(graph.connections), len(graph.groups))
+        self._hollowed, self._pending = (len(graph.connections), len(graph.groups)), (len(graph.groups), 0)
 
     def summary(self) -> GraphSummary:
         "The per-group counts of the graph built so far (in a dry run, from the counts taken before hollowing)."
@@ -738,8 +741,9 @@ def convert_model(
             m.training = True
     if dry_run or log.isEnabledFor(logging.INFO):
         counts = ctx.summary()
+        totals = counts.totals
         log.info("converted %s (%s): %d groups, %s neurons, %s synapses%s", graph.name, method, len(graph.groups),
-                 f"{counts.totals['neurons']:,}", f"{counts.totals['synapses']:,}", " (dry run)" * dry_run)  # fmt: skip
+                 f"{totals['neurons']:,}", f"{totals['synapses']:,}", " (dry run)" * dry_run)  # fmt: skip
     if dry_run:
         return counts
     if validate:
@@ -764,8 +768,10 @@ def _convert_call(ctx: Context, call: Call) -> Any:
         return _evaluate(call)  # arithmetic on sizes and constants: just compute it
     if call.kind in ("function", "method") and not any(isinstance(v, Value) for v in _flat_values(ctx, call)):
         return _evaluate(call, ctx.resolve(call.args), ctx.resolve(call.kwargs))
-    converter = {"module": lambda: module_converter(call.target), "function": lambda: FUNCTIONS[call.target],
-                 "method": lambda: METHODS[call.target]}[call.kind]()  # fmt: skip
+    if call.kind == "module":
+        converter = module_converter(call.target)
+    else:
+        converter = FUNCTIONS[call.target] if call.kind == "function" else METHODS[call.target]
     if log.isEnabledFor(logging.DEBUG):
         log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
     try:

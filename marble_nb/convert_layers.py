@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .convert import Call, ConversionError, Context, Value, register_function, register_method, register_module
 from .kinds import register_kind
-from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, ShapeError, Synapses, numel
+from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, ShapeError, Synapses, numel, window_taps
 
 # %% auto #0
 __all__ = ['convert_linear', 'convert_f_linear', 'convert_identity', 'convert_passthrough', 'check_conversion', 'convert_relu6',
@@ -379,7 +379,9 @@ class Pool(Operator):
         return super().reduce(x, src_shape, dst_shape, aggregate)
 
     def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
-        return self._taps(src_shape).num_synapses(src_shape, dst_shape)
+        taps = window_taps(tuple(src_shape[1:]), tuple(dst_shape[1:]), self.kernel, self.stride, self.padding,
+                           self.dilation)  # fmt: skip
+        return src_shape[0] * taps
 
     def synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = 1 << 22):
         per_target = self._avg_weights(src_shape, dst_shape) if self.mode == "avg" else None

@@ -5,6 +5,7 @@
 # %% ../nbs/01_ops.ipynb #7dd111e4
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['DEFAULT_CHUNK', 'OPERATORS', 'REDUCE_IDENTITY', 'SCATTER_REDUCE', 'Synapses', 'ShapeError', 'numel', 'index_dtype',
-           'Operator', 'operator_from_state', 'Dense', 'Sparse', 'Gather', 'Conv']
+           'Operator', 'operator_from_state', 'Dense', 'Sparse', 'Gather', 'Conv', 'window_taps']
 
 # %% ../nbs/01_ops.ipynb #b8d9e0a7
 DEFAULT_CHUNK = 1 << 22  # synapses per materialised block: bounds memory of explicit views
@@ -378,12 +379,11 @@ class Conv(Operator):
         return pos.permute(perm).reshape(n_out, n_k), valid.permute(perm).reshape(n_out, n_k)
 
     def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
-        per_dim = 1
-        for n_in, n_out, kk, s, p, d in zip(
-            src_shape[1:], dst_shape[1:], self.weight.shape[2:], self.stride, self.padding, self.dilation, strict=True
-        ):
-            per_dim *= sum(_valid_outputs(n_in, n_out, k * d - p, s) for k in range(kk))
-        return self.weight.shape[0] * self.weight.shape[1] * per_dim
+        taps = window_taps(
+            tuple(src_shape[1:]), tuple(dst_shape[1:]), tuple(self.weight.shape[2:]), self.stride, self.padding,
+            self.dilation,
+        )  # fmt: skip
+        return self.weight.shape[0] * self.weight.shape[1] * taps
 
     def synapses(
         self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = DEFAULT_CHUNK
@@ -411,6 +411,22 @@ class Conv(Operator):
                 blocks.append((src, dst, widx))
             src, dst, widx = (torch.cat(parts) for parts in zip(*blocks, strict=True))
             yield Synapses(src, dst, flat_w[widx], widx)
+
+
+@functools.lru_cache(maxsize=1024)
+def window_taps(
+    n_in: tuple[int, ...],
+    n_out: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> int:
+    "(output position, kernel offset) pairs that read inside the input, over spatial sizes `n_in` -> `n_out`."
+    taps = 1
+    for i, o, kk, s, p, d in zip(n_in, n_out, kernel, stride, padding, dilation, strict=True):
+        taps *= sum(_valid_outputs(i, o, k * d - p, s) for k in range(kk))
+    return taps
 
 
 def _valid_outputs(n_in: int, n_out: int, offset: int, stride: int) -> int:
