@@ -511,7 +511,7 @@ class ConvertConfig:
         return getattr(torch, self.dtype)
 
 
-_META = torch.device("meta")
+_META, _CPU = torch.device("meta"), torch.device("cpu")
 HOLLOW_NEURONS = 1 << 16  # a dry run drops the tensors of new groups once they hold this many neurons (~256 kB)
 
 
@@ -716,13 +716,15 @@ def convert_model(
     name: str | None = None,  # the graph's name (default: the model's class name)
 ) -> Graph | GraphSummary:
     "Convert a PyTorch model into a MARBLE graph (or its summary with `dry_run=True`)."
-    config = config if isinstance(config, ConvertConfig) else ConvertConfig.from_dict(config or {})
+    if not isinstance(config, ConvertConfig):
+        config = ConvertConfig.from_dict(config) if config else ConvertConfig()
     if dry_run and validate:
         raise ValueError("dry_run=True builds no graph to validate: drop validate=True, or dry_run=True")
     load_builtin_converters()
+    modules = list(model.modules())
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    training = [m for m in model.modules() if m.training]  # restored exactly afterwards
+        device = next((p.device for m in modules for p in m._parameters.values() if p is not None), _CPU)
+    training = [m for m in modules if m.training]  # restored exactly afterwards
     if training:
         model.eval()
     try:
