@@ -5,6 +5,7 @@
 # %% ../nbs/11_convert.ipynb #be00c5ed
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import itertools
@@ -512,6 +513,16 @@ class ConvertConfig:
 
 
 _META, _CPU = torch.device("meta"), torch.device("cpu")
+
+
+def _shapes_only(op: Operator) -> Operator:
+    "A copy of `op` whose tensors keep only their shapes (the meta device), made without re-running its checks."
+    hollow = copy.copy(op)  # not `op.to("meta")`: an operator may read its values when built
+    for name, t in op.tensors().items():
+        object.__setattr__(hollow, name, t.to(_META))
+    return hollow
+
+
 HOLLOW_NEURONS = 1 << 16  # a dry run drops the tensors of new groups once they hold this many neurons (~256 kB)
 
 
@@ -543,7 +554,7 @@ class Context:
             return
         for c in graph.connections[n_conns:]:
             n = graph._count(c)
-            c.op = c.op.to(_META)
+            c.op = _shapes_only(c.op)
             counts[c.op] = n
         for g in itertools.islice(graph.groups.values(), n_groups, None):
             if g.bias is not None:
