@@ -102,7 +102,6 @@ def test_dry_run_refuses_validate():
 
 DRY_RUN_MEMORY = """
 import threading, time, psutil, torch
-from torch import nn
 from marble_nb.convert import convert_model
 from marble_nb.models import resnet18_shaped
 
@@ -111,31 +110,44 @@ torch.manual_seed(0)
 model = resnet18_shaped((3, 224, 224), classes=1000, width=64).eval()  # ResNet-18 at full width and size
 x = torch.randn(1, 3, 224, 224)
 with torch.no_grad():
-    model(x)  # the allocator's first forward pass is not the dry run's cost
-proc, peak, done = psutil.Process(), [0], threading.Event()
+    model(x)  # the model's own first forward pass is not the dry run's cost
+proc, peak, done, ready = psutil.Process(), [0], threading.Event(), threading.Event()
+
+def anonymous():
+    "Resident memory the process allocated (RSS less file-backed pages, which a busy machine evicts and re-reads)."
+    info = proc.memory_info()
+    return info.rss - info.shared
 
 def sample():
     while not done.is_set():
-        peak[0] = max(peak[0], proc.memory_info().rss)
+        peak[0] = max(peak[0], anonymous())
+        ready.set()
         time.sleep(0.0005)
 
-before = proc.memory_info().rss
 thread = threading.Thread(target=sample)
 thread.start()
-summary = convert_model(model, x, dry_run=True)
+ready.wait()
+growth = []
+for _ in range(2):  # the first dry run of this model, then the same again (steady state)
+    before = peak[0] = anonymous()
+    summary = convert_model(model, x, dry_run=True)
+    time.sleep(0.002)
+    growth.append(max(peak[0], anonymous()) - before)
 done.set()
 thread.join()
-peak[0] = max(peak[0], proc.memory_info().rss)
 params = sum(p.numel() * p.element_size() for p in model.parameters())
-print(peak[0] - before, params, summary.totals["synapses"])
+print(*growth, params, summary.totals["synapses"])
 """
 
 
 def test_dry_run_of_a_large_model_allocates_little_memory():
     out = subprocess.run([sys.executable, "-c", DRY_RUN_MEMORY], capture_output=True, text=True, check=True)
-    extra, params, synapses = map(int, out.stdout.split())
-    assert synapses > 1.6e9  # 13 GB as explicit CSR synapses, about 1.2x the weights as a compact graph
-    assert extra < 0.05 * params, f"dry run grew RSS by {extra / 1e6:.1f} MB (weights: {params / 1e6:.1f} MB)"
+    first, again, params, synapses = map(int, out.stdout.split())
+    assert synapses > 1.6e9  # 13 GB as explicit CSR synapses
+    # A real conversion grows the process by 1.3x params (folded weights, per-neuron biases, indices); a dry run
+    # computes no folded weights and drops biases and indices as it goes: 0.3-2.4 MB measured, 0.2-0.8 MB again.
+    assert first < 0.1 * params, f"first dry run grew memory by {first / 1e6:.1f} MB (weights: {params / 1e6:.1f} MB)"
+    assert again < 0.05 * params, f"second dry run grew memory by {again / 1e6:.1f} MB (weights: {params / 1e6:.1f} MB)"
 
 
 def test_round_trip_through_a_file(tmp_path):
