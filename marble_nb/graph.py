@@ -66,6 +66,11 @@ class Group:
             out["bias"] = self.bias
         return out
 
+    def num_parameters(self) -> int:
+        "Floating-point values the group stores: its bias and per-kind parameters."
+        tensors = [*self.params.values()] if self.bias is None else [self.bias, *self.params.values()]
+        return sum(t.numel() for t in tensors if t.is_floating_point())
+
     def nbytes(self) -> int:
         "Bytes of the group's own tensors."
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
@@ -186,7 +191,7 @@ class Graph:
     def num_parameters(self) -> int:
         "Stored weights (shared weights once), biases and per-kind float parameters."
         ops = sum(c.op.num_parameters() for c in self.connections)
-        grp = sum(t.numel() for g in self.groups.values() for t in g.tensors().values() if t.is_floating_point())
+        grp = sum(g.num_parameters() for g in self.groups.values())
         return ops + grp
 
     def nbytes(self) -> int:
@@ -355,8 +360,7 @@ def summary(graph: Graph, count: Callable[[Connection], int] | None = None) -> G
                 shape=grp.shape,
                 neurons=grp.size,
                 synapses=sum(count(c) for c in conns),
-                parameters=sum(c.op.num_parameters() for c in conns)
-                + sum(t.numel() for t in grp.tensors().values() if t.is_floating_point()),
+                parameters=sum(c.op.num_parameters() for c in conns) + grp.num_parameters(),
             )
         )
     return GraphSummary(graph.name, rows)
@@ -553,10 +557,10 @@ class GraphBuilder:
     def bias(self, dst: str, bias: Tensor) -> None:
         "Give group `dst` a bias: as its neurons' bias field, or as synapses from the constant bias neuron."
         group = self.graph.group(dst)
-        bias = torch.as_tensor(bias, dtype=self.dtype).detach()
-        per_neuron = bias.reshape(-1) if bias.numel() == group.size else _per_channel(bias, group.shape)
+        bias = torch.as_tensor(bias).detach().to(self.dtype)
+        per_neuron = bias.reshape(-1).clone() if bias.numel() == group.size else _per_channel(bias, group.shape)
         if not self.bias_neurons:
-            group.bias = per_neuron.clone()
+            group.bias = per_neuron
             return
         if self.BIAS_GROUP not in self.graph.groups:
             self.graph.add_group(self.BIAS_GROUP, 1, "constant")
@@ -606,7 +610,7 @@ class GraphBuilder:
 
 
 def _per_channel(bias: Tensor, shape: tuple[int, ...]) -> Tensor:
-    "Expand a per-channel bias [C] to one value per neuron of a (C, …) group."
+    "Expand a per-channel bias [C] to one value per neuron of a (C, …) group (a new tensor)."
     if bias.numel() != shape[0]:
         raise GraphError(f"bias has {bias.numel()} values: expected one per neuron or one per channel of {shape}")
-    return bias.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).reshape(-1)
+    return bias.reshape(-1).repeat_interleave(numel(shape[1:]))

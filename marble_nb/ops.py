@@ -121,7 +121,8 @@ class Operator:
 
     def num_parameters(self) -> int:
         "Number of stored weight values (shared weights count once)."
-        return sum(t.numel() for t in self.tensors().values() if t.is_floating_point())
+        values = (getattr(self, n) for n in self._field_names())
+        return sum(v.numel() for v in values if isinstance(v, Tensor) and v.is_floating_point())
 
     def nbytes(self) -> int:
         "Bytes held by the operator's tensors."
