@@ -274,6 +274,8 @@ def trace_chain(layers: list[tuple[str, nn.Module]], example: Tensor) -> list[Ca
             shape, dtype = _per_sample(x)
             calls.append(Call("module", m, (Ref(len(calls) - 1),), {}, shape, dtype, path))
     calls.append(Call("output", None, (Ref(len(calls) - 1),), path="output"))
+    for c in calls[:-1]:
+        c.users = 1  # each result is read by the next call only
     return calls
 
 
@@ -445,7 +447,7 @@ def trace(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[list[Call], st
     if module_converter(model) is not None:  # one registered layer: recording its single call is exact
         calls, method = trace_by_running(_Root(model), example), "recorded run"
     elif layers is not None:  # a plain Sequential of registered layers: its calls are known without tracing
-        calls, method = trace_chain(layers, example[0]), "sequential"
+        return trace_chain(layers, example[0]), "sequential"
     else:
         calls, method = _trace_fx_or_record(model, example)
     for c in calls:

@@ -346,24 +346,16 @@ def summary(graph: Graph, count: Callable[[Connection], int] | None = None) -> G
     `count(connection)` gives a connection's synapses (default: from its operator and the groups' shapes);
     a dry run passes the counts it took before dropping the tensors."""
     count = count or graph._count
-    incoming: dict[str, list[Connection]] = {name: [] for name in graph.groups}
-    for c in graph.connections:
-        incoming[c.dst].append(c)
-    rows = []
-    for name, grp in graph.groups.items():
-        conns = incoming[name]
-        rows.append(
-            dict(
-                group=name,
-                kind=grp.kind,
-                origin=grp.origin_type or grp.origin,
-                shape=grp.shape,
-                neurons=grp.size,
-                synapses=sum(count(c) for c in conns),
-                parameters=sum(c.op.num_parameters() for c in conns) + grp.num_parameters(),
-            )
-        )
-    return GraphSummary(graph.name, rows)
+    rows = {
+        name: dict(group=name, kind=grp.kind, origin=grp.origin_type or grp.origin, shape=grp.shape, neurons=grp.size,
+                   synapses=0, parameters=grp.num_parameters())
+        for name, grp in graph.groups.items()
+    }  # fmt: skip
+    for c in graph.connections:  # each connection's synapses and weights belong to its target group
+        row = rows[c.dst]
+        row["synapses"] += count(c)
+        row["parameters"] += c.op.num_parameters()
+    return GraphSummary(graph.name, list(rows.values()))
 
 
 def _graph_repr(graph: Graph) -> str:
