@@ -159,7 +159,7 @@ def operator_from_state(name: str, tensors: dict[str, Tensor], settings: dict[st
 # %% ../nbs/01_ops.ipynb #0a55aebb
 @dataclass(eq=False)
 class Dense(Operator):
-    "All-to-all synapses with weight matrix `weight[target, source]`."
+    "All-to-all synapses with weight matrix `weight[target, source]`: every entry is a synapse, zero or not."
 
     weight: Tensor  # [n_target, n_source]
 
