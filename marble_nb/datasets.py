@@ -22,11 +22,11 @@ from .events import make_events
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'SENSOR_SIZE', 'SACCADE_CORNERS', 'SACCADE_REACH', 'NDIGITS_FOLDER', 'DATASETS', 'AEDAT4_MAGIC', 'AEDAT4_EVENT',
-           'FIXTURE_SENSORS', 'data_root', 'encode_nmnist', 'write_atomic', 'write_nmnist_bin', 'NDigitsConfig',
-           'saccade_offset', 'bilinear_matrix', 'digit_canvases', 'shift_bilinear', 'threshold_crossings',
-           'refractory_keep', 'simulate_dvs', 'make_ndigits', 'DatasetSpec', 'event_dataset', 'encode_aedat4',
-           'encode_dvsgesture_npy', 'write_fixture']
+__all__ = ['log', 'SENSOR_SIZE', 'SACCADE_CORNERS', 'SACCADE_REACH', 'SIM_CHUNK', 'NDIGITS_FOLDER', 'DATASETS', 'AEDAT4_MAGIC',
+           'AEDAT4_EVENT', 'FIXTURE_SENSORS', 'data_root', 'encode_nmnist', 'write_atomic', 'write_nmnist_bin',
+           'NDigitsConfig', 'saccade_offset', 'bundled_digits', 'bilinear_matrix', 'digit_canvases', 'shift_bilinear',
+           'threshold_crossings', 'refractory_keep', 'simulate_dvs', 'make_ndigits', 'DatasetSpec', 'event_dataset',
+           'encode_aedat4', 'encode_dvsgesture_npy', 'write_fixture']
 
 # %% ../nbs/31_datasets.ipynb #815fd865
 def data_root(root: str | os.PathLike | None = None) -> Path:  # explicit root wins over the environment
@@ -73,13 +73,13 @@ def write_nmnist_bin(path: str | os.PathLike, events: np.ndarray) -> Path:  # .b
 class NDigitsConfig:
     """Parameters of the N-Digits simulation; their hash names the cached copy."""
 
-    digit_size: int = 22  # upsampled digit side in pixels
+    digit_size: int = 24  # upsampled digit side in pixels
     saccade_us: int = 100_000  # duration of one of the three saccades
     dt_us: int = 5_000  # simulation step (log intensity is linear in between)
-    contrast: float = 0.7  # log-intensity contrast threshold C
+    contrast: float = 0.8  # log-intensity contrast threshold C
     refractory_us: int = 1_000  # minimum time between two events of one pixel
     noise_rate: float = 0.1  # background events per pixel per second
-    eps: float = 0.05  # offset inside the log, so that black is log(eps), not -inf
+    eps: float = 0.02  # offset inside the log, so that black is log(eps), not -inf
     test_every: int = 5  # every n-th sample goes to the test split
     seed: int = 0
 
@@ -101,6 +101,25 @@ def saccade_offset(t_us: np.ndarray, saccade_us: int) -> np.ndarray:  # times; d
     leg = phase.astype(int)
     frac = (phase - leg)[..., None]
     return SACCADE_CORNERS[leg] * (1 - frac) + SACCADE_CORNERS[leg + 1] * frac
+
+# %% ../nbs/31_datasets.ipynb #f3715432
+def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 bundled 8×8 digits: images (values 0-16) and labels, as `load_digits` gives them."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "N-Digits is made from scikit-learn's bundled digits: pip install 'marble_nb[events]'."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():  # a scikit-learn whose files moved: its own loader reads the same data
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
 
 # %% ../nbs/31_datasets.ipynb #57b280b3
 def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:  # input and output lengths
@@ -184,48 +203,68 @@ def refractory_keep(
     return keep
 
 # %% ../nbs/31_datasets.ipynb #ca086914
-def simulate_dvs(canvas: np.ndarray, cfg: NDigitsConfig, progress: bool = True) -> list[np.ndarray]:
-    """Events per sample from moving each canvas along the saccades through the DVS pixel model (see formula)."""
-    from tqdm.auto import tqdm
+SIM_CHUNK = 128  # samples simulated together: their arrays stay in the CPU cache through all the steps
 
-    rng = np.random.default_rng(cfg.seed)
+
+def _signal_events(canvas: np.ndarray, cfg: NDigitsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat pixel, time, ON?) of every event the pixel model emits for these canvases (deterministic)."""
     eps = np.float32(cfg.eps)
     log_before = np.log(canvas + eps)
     reference = log_before.copy()
     last_event = np.full(canvas.size, -(10**9), dtype=np.int64)
-    noise_p = cfg.noise_rate * cfg.dt_us * 1e-6
     parts = []
-    for t in tqdm(
-        range(cfg.dt_us, 3 * cfg.saccade_us + 1, cfg.dt_us),
-        desc="N-Digits: simulating",
-        disable=not progress,
-        leave=False,
-    ):
-        dx, dy = saccade_offset(t, cfg.saccade_us)
-        log_now = shift_bilinear(canvas, dx, dy)
+    for t in range(cfg.dt_us, 3 * cfg.saccade_us + 1, cfg.dt_us):
+        log_now = shift_bilinear(canvas, *saccade_offset(t, cfg.saccade_us))
         log_now += eps
         np.log(log_now, out=log_now)
         pixels, order, fraction = threshold_crossings(log_before, log_now, reference, cfg.contrast)
         times = t - cfg.dt_us + np.rint(fraction * cfg.dt_us).astype(np.int64)
         keep = refractory_keep(pixels, order, times, last_event, cfg.refractory_us)
-        on = log_now.ravel()[pixels[keep]] > log_before.ravel()[pixels[keep]]
-        n_noise = rng.binomial(canvas.size, noise_p)
-        noise_pixels = rng.integers(0, canvas.size, n_noise)
-        noise_times = t - cfg.dt_us + rng.integers(1, cfg.dt_us + 1, n_noise)
-        step = np.concatenate([pixels[keep], noise_pixels]), np.concatenate([times[keep], noise_times])
-        polarity = np.concatenate([on, rng.random(n_noise) < 0.5])
-        by_time = np.argsort(step[1], kind="stable")
-        parts.append((step[0][by_time], step[1][by_time], polarity[by_time]))
+        pixels, times = pixels[keep], times[keep]
+        parts.append((pixels, times, log_now.ravel()[pixels] > log_before.ravel()[pixels]))
         log_before = log_now
-    pixel, time, polarity = (np.concatenate(column) for column in zip(*parts, strict=True))
-    height, width = canvas.shape[1:]
-    sample = pixel // (height * width)
-    by_sample = np.argsort(sample, kind="stable")  # steps are in time order, so each sample stays sorted by t
-    pixel, time, polarity, sample = pixel[by_sample], time[by_sample], polarity[by_sample], sample[by_sample]
-    y, x = np.divmod(pixel % (height * width), width)
-    bounds = np.searchsorted(sample, np.arange(1, len(canvas)))
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+
+
+def _noise_events(rng: np.random.Generator, n_samples: int, cfg: NDigitsConfig):
+    """(sample, pixel in the sample, time, ON?) of background events: Poisson per pixel, uniform in time."""
+    width, height = SENSOR_SIZE[:2]
+    counts = rng.poisson(cfg.noise_rate * width * height * 3 * cfg.saccade_us * 1e-6, n_samples)
+    total = int(counts.sum())
+    sample = np.repeat(np.arange(n_samples), counts)
+    return (
+        sample,
+        rng.integers(0, width * height, total),
+        rng.integers(1, 3 * cfg.saccade_us + 1, total),
+        rng.random(total) < 0.5,
+    )
+
+
+def _split_by_sample(sample, pixel, time, polarity, n_samples: int) -> list[np.ndarray]:
+    """Structured events per sample, each sorted by time (ties keep their order)."""
+    order = np.argsort(sample * (int(time.max(initial=0)) + 1) + time, kind="stable")
+    sample, pixel, time, polarity = sample[order], pixel[order], time[order], polarity[order]
+    y, x = np.divmod(pixel, SENSOR_SIZE[0])
+    bounds = np.searchsorted(sample, np.arange(1, n_samples))
     columns = [np.split(c, bounds) for c in (x, y, time, polarity)]
     return [make_events(*c) for c in zip(*columns, strict=True)]
+
+
+def simulate_dvs(canvas: np.ndarray, cfg: NDigitsConfig, progress: bool = True) -> list[np.ndarray]:
+    """Events per sample from moving each canvas along the saccades through the DVS pixel model (see formula)."""
+    from tqdm.auto import tqdm
+
+    plane = canvas.shape[1] * canvas.shape[2]
+    noise = _noise_events(np.random.default_rng(cfg.seed), len(canvas), cfg)
+    events = []
+    for start in tqdm(range(0, len(canvas), SIM_CHUNK), desc="N-Digits: simulating", disable=not progress, leave=False):
+        chunk = canvas[start : start + SIM_CHUNK]
+        pixel, time, on = _signal_events(chunk, cfg)
+        lo, hi = np.searchsorted(noise[0], [start, start + len(chunk)])
+        sample = np.concatenate([pixel // plane, noise[0][lo:hi] - start])
+        columns = np.concatenate([pixel % plane, noise[1][lo:hi]]), np.concatenate([time, noise[2][lo:hi]])
+        events += _split_by_sample(sample, *columns, np.concatenate([on, noise[3][lo:hi]]), len(chunk))
+    return events
 
 # %% ../nbs/31_datasets.ipynb #e0266ba4
 NDIGITS_FOLDER = "NDigits"
@@ -271,17 +310,15 @@ def make_ndigits(
 
     The tree is written in a hidden staging folder and renamed into place, so an interrupted run
     (Ctrl-C included) leaves either the previous copy or nothing, never a partial dataset."""
-    from sklearn.datasets import load_digits
-
     final = data_root(root) / NDIGITS_FOLDER
     if not force and _ndigits_ready(final, cfg):
         return final
-    digits = load_digits()
-    events = simulate_dvs(digit_canvases(digits.images, cfg.digit_size), cfg, progress)
+    images, labels = bundled_digits()
+    events = simulate_dvs(digit_canvases(images, cfg.digit_size), cfg, progress)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{NDIGITS_FOLDER}-"))
     try:
-        _write_ndigits_tree(staging, events, digits.target, cfg, progress)
+        _write_ndigits_tree(staging, events, labels, cfg, progress)
         if force or not _ndigits_ready(final, cfg):  # another process may have finished the same copy meanwhile
             _swap_in(staging, final)
     finally:
