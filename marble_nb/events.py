@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 # %% auto #0
-__all__ = ['EVENT_DTYPE', 'ENCODINGS', 'make_events', 'to_frames', 'binarize', 'polarity_maps', 'thermometer', 'denoise',
-           'FrameConfig', 'frame_events']
+__all__ = ['EVENT_DTYPE', 'NEIGHBOURS', 'ENCODINGS', 'make_events', 'to_frames', 'binarize', 'polarity_maps', 'thermometer',
+           'denoise', 'FrameConfig', 'frame_events']
 
 # %% ../nbs/30_events.ipynb #f2545196
 EVENT_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
@@ -60,7 +60,8 @@ def _bounds_by_time_bins(t, n_bins, overlap):
         raise ValueError(f"overlap must be in [0, 1) for n_time_bins, got {overlap}.")
     window = (t[-1] - t[0]) // n_bins * (1 + overlap)
     window_starts = np.arange(n_bins) * (window * (1 - overlap)) + t[0]
-    return np.searchsorted(t, window_starts), np.searchsorted(t, window_starts + window)
+    edges = np.searchsorted(t, np.concatenate([window_starts, window_starts + window]))
+    return edges[:n_bins], edges[n_bins:]
 
 
 def _bounds_by_event_bins(n_events, n_bins, overlap):
@@ -86,8 +87,15 @@ def _slice_bounds(
 
 def _pixel_index(events, height, width, n_pol):
     """Flat (polarity, y, x) index of every event; one polarity channel folds ON and OFF together."""
-    index = events["y"].astype(np.int64) * width + events["x"]
-    return index + events["p"] * (height * width) if n_pol > 1 else index
+    if n_pol > 1:
+        index = events["p"].astype(np.int64)
+        index *= height
+        index += events["y"]
+    else:
+        index = events["y"].astype(np.int64)
+    index *= width
+    index += events["x"]
+    return index
 
 
 def _empty_frame_count(time_window, event_count, n_time_bins, n_event_bins) -> int:
@@ -121,14 +129,15 @@ def to_frames(
     starts, ends = _slice_bounds(
         events, time_window, event_count, n_time_bins, n_event_bins, overlap, include_incomplete, start_time, end_time
     )
-    starts, ends = np.asarray(starts, dtype=np.int64), np.minimum(np.asarray(ends, dtype=np.int64), len(events))
-    lengths = np.clip(ends - starts, 0, None)
+    starts, ends = np.asarray(starts, dtype=np.int64), np.minimum(ends, len(events))
+    lengths = ends - starts
     plane = n_pol * height * width
-    if np.array_equal(starts[1:], ends[:-1]) and (ends >= starts).all():
+    if (lengths >= 0).all() and (starts[1:] == ends[:-1]).all():
         # slices tile one stretch of the stream (no overlap): read it once, in order
         flat = _pixel_index(events[starts[0] : ends[-1]], height, width, n_pol)
         flat += np.repeat(np.arange(len(starts)) * plane, lengths)
     else:
+        lengths = np.maximum(lengths, 0)
         event_of = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
         flat = _pixel_index(events, height, width, n_pol)[event_of] + np.repeat(np.arange(len(starts)) * plane, lengths)
     counts = np.bincount(flat, minlength=len(starts) * plane)
@@ -155,6 +164,21 @@ def thermometer(frames: np.ndarray, thresholds=(1, 2, 4)) -> np.ndarray:  # incr
     return np.moveaxis((values >= levels).astype(np.uint8), -1, 2)
 
 # %% ../nbs/30_events.ipynb #273efbc8
+NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (dx, dy) of the 4-neighbourhood
+
+
+def _previous_in_pixel(keys: np.ndarray, queries: list[np.ndarray]) -> np.ndarray:
+    """For each sorted query array, the position in sorted `keys` of the last key below each query (-1: none).
+
+    One stable sort merges the already sorted runs (timsort finds them), so this costs about one merge."""
+    n = len(keys)
+    merged = np.argsort(np.concatenate([keys, *queries]), kind="stable")
+    is_query = merged >= n
+    previous = np.empty(len(queries) * n, dtype=np.int64)
+    previous[merged[is_query] - n] = np.cumsum(~is_query)[is_query] - 1
+    return previous.reshape(len(queries), n)
+
+
 def denoise(events: np.ndarray, filter_time: float = 10_000) -> np.ndarray:  # max time to a neighbour's event
     """Drop events with no 4-neighbour event within `filter_time` before them (same output as tonic's Denoise)."""
     if len(events) == 0:
@@ -162,22 +186,23 @@ def denoise(events: np.ndarray, filter_time: float = 10_000) -> np.ndarray:  # m
     x, y, t = (events[k].astype(np.int64) for k in "xyt")
     width, height, n = int(x.max()) + 1, int(y.max()) + 1, len(events)
     pixel = x * height + y
-    order = np.argsort(pixel * n + np.arange(n))  # by (pixel, position in the stream); keys are unique
-    keys = (pixel * n + np.arange(n))[order]
+    small = width * height <= 2**15  # int16 keys: numpy's stable sort is then a radix sort
+    order = np.argsort(pixel.astype(np.int16) if small else pixel, kind="stable")  # by (pixel, stream position)
+    keys = pixel[order] * n + order
     pixel, x, y, t = pixel[order], x[order], y[order], t[order]
+    steps = [dx * height + dy for dx, dy in NEIGHBOURS]
+    # the queries (neighbour pixel, own position) are the keys shifted by a constant, so already sorted
+    previous = _previous_in_pixel(keys, [keys + step * n for step in steps])
+    borders = (x > 0, x < width - 1, y > 0, y < height - 1)  # the neighbour of each direction is on the sensor
     keep = np.zeros(n, dtype=bool)
-    for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        step = dx * height + dy
-        # the queries (neighbour pixel, own position) are the keys shifted by a constant, so already sorted
-        previous = np.searchsorted(keys, keys + step * n) - 1
-        found = np.clip(previous, 0, None)
-        has_previous = (previous >= 0) & (pixel[found] == pixel + step)
+    for step, before, inside in zip(steps, previous, borders, strict=True):
+        found = np.maximum(before, 0)
+        has_previous = (before >= 0) & (pixel[found] == pixel + step)
         memory = np.where(has_previous, (t[found] + filter_time).astype(np.float64), float(filter_time))
-        inside = (x + dx >= 0) & (x + dx < width) & (y + dy >= 0) & (y + dy < height)
         keep |= inside & (memory > t)
-    in_stream_order = np.empty(n, dtype=bool)
-    in_stream_order[order] = keep
-    return events[in_stream_order]
+    in_stream_order = np.zeros(n, dtype=bool)
+    in_stream_order[order[keep]] = True
+    return events.take(np.flatnonzero(in_stream_order))
 
 # %% ../nbs/30_events.ipynb #651443ac
 ENCODINGS = ("counts", "binary", "polarity", "thermometer")
