@@ -36,6 +36,8 @@ class GuardedFrames(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):  # plain iteration stops on IndexError: keep it one
+            raise IndexError(f"index {index} is out of range for {len(self)} samples")
         try:
             frames, label = self.source[index]
         except Exception as err:
