@@ -2,29 +2,17 @@
 
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
 from marble_nb.augment import Augment
 from marble_nb.datamodule import EventDataModule
-from marble_nb.datasets import event_dataset, write_nmnist_bin
-from marble_nb.events import FrameConfig, make_events
+from marble_nb.datasets import event_dataset, write_fixture
+from marble_nb.events import FrameConfig
 
 
 def _fixture(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split in ("Train", "Test"):
-        for digit in range(10):
-            for i in range(2):
-                n = 40
-                ev = make_events(
-                    rng.integers(0, 34, n),
-                    rng.integers(0, 34, n),
-                    np.sort(rng.integers(0, 9000, n)),
-                    rng.integers(0, 2, n),
-                )
-                write_nmnist_bin(root / "NMNIST" / split / str(digit) / f"{i:05d}.bin", ev)
+    write_fixture("nmnist", root, per_class=2, n_events=40)
     return root
 
 
