@@ -58,8 +58,9 @@ def _bounds_by_count(n_events, event_count, overlap, include_incomplete):
 def _bounds_by_time_bins(t, n_bins, overlap):
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1) for n_time_bins, got {overlap}.")
-    window = (t[-1] - t[0]) // n_bins * (1 + overlap)
-    window_starts = np.arange(n_bins) * (window * (1 - overlap)) + t[0]
+    first, last = t[0].item(), t[-1].item()  # Python scalars: same values, less overhead
+    window = (last - first) // n_bins * (1 + overlap)
+    window_starts = np.arange(n_bins) * (window * (1 - overlap)) + first
     edges = np.searchsorted(t, np.concatenate([window_starts, window_starts + window]))
     return edges[:n_bins], edges[n_bins:]
 
@@ -85,14 +86,13 @@ def _slice_bounds(
     return _bounds_by_event_bins(len(events), n_event_bins, overlap)
 
 
-def _pixel_index(events, height, width, n_pol):
-    """Flat (polarity, y, x) index of every event; one polarity channel folds ON and OFF together."""
-    if n_pol > 1:
-        index = events["p"].astype(np.int64)
-        index *= height
-        index += events["y"]
-    else:
-        index = events["y"].astype(np.int64)
+def _flat_index(events, frame_channel, height, width, n_pol):
+    """Flat (frame, polarity, y, x) index of every event, built in place on `frame_channel` (frame * n_pol)."""
+    index = frame_channel
+    if n_pol > 1:  # one polarity channel folds ON and OFF together
+        index += events["p"]
+    index *= height
+    index += events["y"]
     index *= width
     index += events["x"]
     return index
@@ -130,16 +130,15 @@ def to_frames(
         events, time_window, event_count, n_time_bins, n_event_bins, overlap, include_incomplete, start_time, end_time
     )
     starts, ends = np.asarray(starts, dtype=np.int64), np.minimum(ends, len(events))
-    lengths = ends - starts
+    lengths = np.maximum(ends - starts, 0)
     plane = n_pol * height * width
-    if (lengths >= 0).all() and (starts[1:] == ends[:-1]).all():
+    frame_channel = np.repeat(np.arange(0, len(starts) * n_pol, n_pol), lengths)  # frame * n_pol per event
+    if ends[-1] >= starts[-1] and (starts[1:] == ends[:-1]).all():
         # slices tile one stretch of the stream (no overlap): read it once, in order
-        flat = _pixel_index(events[starts[0] : ends[-1]], height, width, n_pol)
-        flat += np.repeat(np.arange(len(starts)) * plane, lengths)
+        flat = _flat_index(events[starts[0] : ends[-1]], frame_channel, height, width, n_pol)
     else:
-        lengths = np.maximum(lengths, 0)
-        event_of = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
-        flat = _pixel_index(events, height, width, n_pol)[event_of] + np.repeat(np.arange(len(starts)) * plane, lengths)
+        event_of = np.arange(len(frame_channel)) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+        flat = _flat_index(events.take(event_of), frame_channel, height, width, n_pol)
     counts = np.bincount(flat, minlength=len(starts) * plane)
     return counts.astype(np.int16).reshape(len(starts), n_pol, height, width)
 
