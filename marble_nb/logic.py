@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -195,6 +196,16 @@ def find_c_compiler() -> str | None:
     return None
 
 
+def _machine_key() -> str:
+    "What `-march=native` compiles for: the architecture and, on Linux, the CPU models and feature flags."
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    cpu = {line for line in info.splitlines() if line.startswith(("model name", "flags"))}
+    return "\n".join([platform.machine(), *sorted(cpu)])
+
+
 def _cache_dir() -> Path:
     "Where compiled logic kernels are kept."
     root = os.environ.get("MARBLE_NB_CACHE") or Path.home() / ".cache" / "marble_nb"
@@ -208,7 +219,8 @@ def build_c_library(source: str, compiler: str | None = None) -> Path:
         raise RuntimeError(
             f"no C compiler found (got {compiler!r}); set $CC or install gcc/clang, or use backend='torch'"
         )
-    digest = hashlib.sha256("\0".join([source, compiler, *C_FLAGS, *C_LIBS]).encode()).hexdigest()[:24]
+    key = [source, compiler, *C_FLAGS, *C_LIBS, _machine_key()]  # a cache shared by other CPUs gets its own
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:24]
     target = _cache_dir() / f"logic_{digest}.so"
     if target.exists():
         return target
