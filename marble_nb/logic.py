@@ -239,34 +239,46 @@ def build_c_library(source: str, compiler: str | None = None) -> Path:
 _KERNEL_COMMON = r"""
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #define MAX_THREADS 64
 
-typedef void *(*work_fn)(void *);
+/* Work shared by threads in chunks: each thread takes the next unclaimed chunk until none is left, so a
+   thread that starts late (the other cores busy) only means the others do more of the work. */
+typedef struct {
+  void (*body)(const void *args, int64_t lo, int64_t hi);  /* process rows lo..hi-1 */
+  const void *args;
+  int64_t rows, chunk;
+  atomic_llong next;
+} job_t;
 
-/* Run fn on tasks 0..nt-1 (`size` bytes each), task 0 on this thread; a thread that cannot start runs inline. */
-static void run_parallel(work_fn fn, char *tasks, size_t size, int nt) {
-  pthread_t threads[MAX_THREADS];
-  int started[MAX_THREADS] = {0};
-  for (int t = 1; t < nt; t++) started[t] = pthread_create(&threads[t], NULL, fn, tasks + t * size) == 0;
-  fn(tasks);
-  for (int t = 1; t < nt; t++) {
-    if (started[t]) pthread_join(threads[t], NULL);
-    else fn(tasks + t * size);
+static void *work(void *arg) {
+  job_t *job = arg;
+  for (;;) {
+    const int64_t lo = atomic_fetch_add(&job->next, 1) * job->chunk;
+    if (lo >= job->rows) return NULL;
+    job->body(job->args, lo, lo + job->chunk < job->rows ? lo + job->chunk : job->rows);
   }
 }
 
-static int clamp_threads(int nt) { return nt < 1 ? 1 : nt > MAX_THREADS ? MAX_THREADS : nt; }
+/* Run body over rows 0..rows-1 in chunks on nt threads (this one included; a thread that cannot start is skipped). */
+static void run_parallel(void (*body)(const void *, int64_t, int64_t), const void *args, int64_t rows,
+                         int64_t chunk, int nt) {
+  job_t job = {.body = body, .args = args, .rows = rows, .chunk = chunk < 1 ? 1 : chunk};
+  atomic_init(&job.next, 0);
+  pthread_t threads[MAX_THREADS];
+  int started[MAX_THREADS] = {0};
+  nt = nt < 1 ? 1 : nt > MAX_THREADS ? MAX_THREADS : nt;
+  for (int t = 1; t < nt; t++) started[t] = pthread_create(&threads[t], NULL, work, &job) == 0;
+  work(&job);
+  for (int t = 1; t < nt; t++)
+    if (started[t]) pthread_join(threads[t], NULL);
+}
 
-/* First input i whose uses start at or after `target` (uses before input i: off_a[i] + off_b[i]). */
-static int64_t split_inputs(const int64_t *off_a, const int64_t *off_b, int64_t n_in, int64_t target) {
-  int64_t lo = 0, hi = n_in;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (off_a[mid] + off_b[mid] < target) lo = mid + 1; else hi = mid;
-  }
-  return lo;
+/* Ask for the cache lines of a row of `bytes` bytes. */
+static inline void prefetch_row(const void *row, size_t bytes) {
+  for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)row + o);
 }
 """
 
@@ -275,29 +287,33 @@ typedef struct {
   const T *x, *g, *coef, *w, *table, *gcoef;
   T *y, *gx, *gc, *gw;
   const int64_t *wa, *wb, *order_a, *off_a, *order_b, *off_b;
-  int64_t batch, n_in, n_gates, lo, hi;
+  int64_t batch, n_in, n_gates;
   T factor;
-} S(task);
+} S(args);
 
-/* y[n] = c0 + c1 a + c2 b + c3 ab for gates lo..hi; rows of `batch` samples (feature-major). */
-static void *S(forward_rows)(void *arg) {
-  const S(task) *t = arg;
+/* y[n] = c0 + c1 a + c2 b + c3 ab for gates lo..hi-1; rows of `batch` samples (feature-major). The input rows
+   of the gate two ahead are prefetched: they are scattered over the whole input. */
+static void S(forward_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
   const int64_t B = t->batch;
-  for (int64_t n = t->lo; n < t->hi; n++) {
+  for (int64_t n = lo; n < hi; n++) {
+    if (n + 2 < hi) {
+      prefetch_row(t->x + t->wa[n + 2] * B, sizeof(T) * B);
+      prefetch_row(t->x + t->wb[n + 2] * B, sizeof(T) * B);
+    }
     const T *a = t->x + t->wa[n] * B, *b = t->x + t->wb[n] * B, *c = t->coef + 4 * n;
     const T c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
     T *y = t->y + n * B;
 #pragma omp simd
     for (int64_t j = 0; j < B; j++) y[j] = (c2 + c3 * a[j]) * b[j] + (c1 * a[j] + c0);
   }
-  return NULL;
 }
 
-/* Coefficient gradients (batch sums of g, g a, g b, g ab) of gates lo..hi. */
-static void *S(coef_grad_rows)(void *arg) {
-  const S(task) *t = arg;
+/* Coefficient gradients (batch sums of g, g a, g b, g ab) of gates lo..hi-1. */
+static void S(coef_grad_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
   const int64_t B = t->batch;
-  for (int64_t n = t->lo; n < t->hi; n++) {
+  for (int64_t n = lo; n < hi; n++) {
     const T *a = t->x + t->wa[n] * B, *b = t->x + t->wb[n] * B, *g = t->g + n * B;
     T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
@@ -308,20 +324,26 @@ static void *S(coef_grad_rows)(void *arg) {
     T *out = t->gc + 4 * n;
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
   }
-  return NULL;
 }
 
-/* Input gradients of inputs lo..hi: g (c1 + c3 b) summed over the gates reading the input as A, g (c2 + c3 a)
-   over those reading it as B. A gate's coefficient sums are taken when it is visited through its A input. */
-static void *S(input_grad_rows)(void *arg) {
-  const S(task) *t = arg;
+/* Input gradients of inputs lo..hi-1: g (c1 + c3 b) summed over the gates reading the input as A, g (c2 + c3 a)
+   over those reading it as B. A gate's coefficient sums are taken when it is visited through its A input (once
+   per gate). The gradient and partner rows of the next use are prefetched. */
+static void S(input_grad_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
   const int64_t B = t->batch, N = t->n_gates, last = t->n_in - 1;
-  for (int64_t i = t->lo; i < t->hi; i++) {
+  const size_t row = sizeof(T) * B;
+  for (int64_t i = lo; i < hi; i++) {
     T *acc = t->gx + i * B;
     const T *own = t->x + i * B;
-    memset(acc, 0, sizeof(T) * B);
+    memset(acc, 0, row);
     const int64_t end_a = i < last ? t->off_a[i + 1] : N, end_b = i < last ? t->off_b[i + 1] : N;
     for (int64_t u = t->off_a[i]; u < end_a; u++) {
+      if (u + 1 < end_a) {
+        const int64_t m = t->order_a[u + 1];
+        prefetch_row(t->g + m * B, row);
+        prefetch_row(t->x + t->wb[m] * B, row);
+      }
       const int64_t n = t->order_a[u];
       const T *g = t->g + n * B, *b = t->x + t->wb[n] * B, c1 = t->coef[4 * n + 1], c3 = t->coef[4 * n + 3];
       if (t->gc) {
@@ -340,6 +362,11 @@ static void *S(input_grad_rows)(void *arg) {
       }
     }
     for (int64_t u = t->off_b[i]; u < end_b; u++) {
+      if (u + 1 < end_b) {
+        const int64_t m = t->order_b[u + 1];
+        prefetch_row(t->g + m * B, row);
+        prefetch_row(t->x + t->wa[m] * B, row);
+      }
       const int64_t n = t->order_b[u];
       const T *g = t->g + n * B, *a = t->x + t->wa[n] * B, c2 = t->coef[4 * n + 2], c3 = t->coef[4 * n + 3];
 #pragma omp simd
@@ -348,7 +375,6 @@ static void *S(input_grad_rows)(void *arg) {
     if (t->factor != 1)
       for (int64_t j = 0; j < B; j++) acc[j] *= t->factor;
   }
-  return NULL;
 }
 
 /* p = softmax of the 16 logits w. */
@@ -359,51 +385,41 @@ static void S(softmax16)(const T *w, T *p) {
   for (int g = 0; g < 16; g++) p[g] /= total;
 }
 
-/* Coefficients coef[n] = softmax(w[n]) @ table ([16, 4]) for neurons lo..hi. */
-static void *S(mix_rows)(void *arg) {
-  const S(task) *t = arg;
-  for (int64_t n = t->lo; n < t->hi; n++) {
-    T p[16], c[4] = {0, 0, 0, 0};
-    S(softmax16)(t->w + 16 * n, p);
+/* Coefficients coef[n] = softmax(w[n]) @ table ([16, 4]) for neurons lo..hi-1. */
+static void S(mix_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
+  for (int64_t n = lo; n < hi; n++) {
+    T prob[16], c[4] = {0, 0, 0, 0};
+    S(softmax16)(t->w + 16 * n, prob);
     for (int g = 0; g < 16; g++)
-      for (int k = 0; k < 4; k++) c[k] += p[g] * t->table[4 * g + k];
+      for (int k = 0; k < 4; k++) c[k] += prob[g] * t->table[4 * g + k];
     memcpy(t->y + 4 * n, c, sizeof c);
   }
-  return NULL;
 }
 
-/* Logit gradients gw[n, g] = p_g (d_g - sum_h p_h d_h) with d = table @ gcoef[n], for neurons lo..hi. */
-static void *S(mix_grad_rows)(void *arg) {
-  const S(task) *t = arg;
-  for (int64_t n = t->lo; n < t->hi; n++) {
-    T p[16], d[16], mean = 0;
-    S(softmax16)(t->w + 16 * n, p);
+/* Logit gradients gw[n, g] = p_g (d_g - sum_h p_h d_h) with d = table @ gcoef[n], for neurons lo..hi-1. */
+static void S(mix_grad_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
+  for (int64_t n = lo; n < hi; n++) {
+    T prob[16], d[16], mean = 0;
+    S(softmax16)(t->w + 16 * n, prob);
     const T *gc = t->gcoef + 4 * n;
     for (int g = 0; g < 16; g++) {
       d[g] = 0;
       for (int k = 0; k < 4; k++) d[g] += t->table[4 * g + k] * gc[k];
-      mean += p[g] * d[g];
+      mean += prob[g] * d[g];
     }
-    for (int g = 0; g < 16; g++) t->gw[16 * n + g] = p[g] * (d[g] - mean);
+    for (int g = 0; g < 16; g++) t->gw[16 * n + g] = prob[g] * (d[g] - mean);
   }
-  return NULL;
 }
 
-static void S(split_rows)(S(task) *tasks, const S(task) *base, int64_t rows, int nt) {
-  for (int k = 0; k < nt; k++) {
-    tasks[k] = *base;
-    tasks[k].lo = rows * k / nt;
-    tasks[k].hi = rows * (k + 1) / nt;
-  }
-}
+/* Rows per chunk: about 32k values of work (tens of microseconds). */
+static int64_t S(chunk)(int64_t values_per_row) { return values_per_row >= 32768 ? 1 : 32768 / values_per_row; }
 
 void S(logic_gates_forward)(const T *x, const int64_t *wa, const int64_t *wb, const T *coef, T *y, int64_t batch,
                             int64_t n_gates, int nt) {
-  S(task) tasks[MAX_THREADS];
-  const S(task) base = {.x = x, .wa = wa, .wb = wb, .coef = coef, .y = y, .batch = batch};
-  nt = clamp_threads(nt);
-  S(split_rows)(tasks, &base, n_gates, nt);
-  run_parallel(S(forward_rows), (char *)tasks, sizeof(S(task)), nt);
+  const S(args) args = {.x = x, .wa = wa, .wb = wb, .coef = coef, .y = y, .batch = batch};
+  run_parallel(S(forward_rows), &args, n_gates, S(chunk)(batch + 1), nt);
 }
 
 /* gx (input gradients [n_in, batch]) and gc (coefficient gradients [n_gates, 4]) may each be NULL. */
@@ -411,39 +427,23 @@ void S(logic_gates_backward)(const T *x, const int64_t *wa, const int64_t *wb, c
                              const int64_t *order_a, const int64_t *off_a, const int64_t *order_b,
                              const int64_t *off_b, T *gx, T *gc, int64_t batch, int64_t n_in, int64_t n_gates,
                              double factor, int nt) {
-  S(task) tasks[MAX_THREADS];
-  const S(task) base = {.x = x, .g = g, .coef = coef, .gx = gx, .gc = gc, .wa = wa, .wb = wb,
+  const S(args) args = {.x = x, .g = g, .coef = coef, .gx = gx, .gc = gc, .wa = wa, .wb = wb,
                         .order_a = order_a, .off_a = off_a, .order_b = order_b, .off_b = off_b, .batch = batch,
                         .n_in = n_in, .n_gates = n_gates, .factor = (T)factor};
-  nt = clamp_threads(nt);
-  if (!gx) {
-    if (!gc) return;
-    S(split_rows)(tasks, &base, n_gates, nt);
-    run_parallel(S(coef_grad_rows), (char *)tasks, sizeof(S(task)), nt);
-    return;
-  }
-  for (int k = 0; k < nt; k++) {  /* chunks of inputs with equal numbers of uses */
-    tasks[k] = base;
-    tasks[k].lo = split_inputs(off_a, off_b, n_in, 2 * n_gates * k / nt);
-    tasks[k].hi = k == nt - 1 ? n_in : split_inputs(off_a, off_b, n_in, 2 * n_gates * (k + 1) / nt);
-  }
-  run_parallel(S(input_grad_rows), (char *)tasks, sizeof(S(task)), nt);
+  if (gx)  /* an input is read by 2 n_gates / n_in gates on average */
+    run_parallel(S(input_grad_rows), &args, n_in, S(chunk)((batch + 1) * (2 * n_gates / (n_in > 0 ? n_in : 1) + 1)), nt);
+  else if (gc)
+    run_parallel(S(coef_grad_rows), &args, n_gates, S(chunk)(batch + 1), nt);
 }
 
 void S(logic_mix_forward)(const T *w, const T *table, T *coef, int64_t n, int nt) {
-  S(task) tasks[MAX_THREADS];
-  const S(task) base = {.w = w, .table = table, .y = coef};
-  nt = clamp_threads(nt);
-  S(split_rows)(tasks, &base, n, nt);
-  run_parallel(S(mix_rows), (char *)tasks, sizeof(S(task)), nt);
+  const S(args) args = {.w = w, .table = table, .y = coef};
+  run_parallel(S(mix_rows), &args, n, S(chunk)(100), nt);
 }
 
 void S(logic_mix_backward)(const T *w, const T *table, const T *gcoef, T *gw, int64_t n, int nt) {
-  S(task) tasks[MAX_THREADS];
-  const S(task) base = {.w = w, .table = table, .gcoef = gcoef, .gw = gw};
-  nt = clamp_threads(nt);
-  S(split_rows)(tasks, &base, n, nt);
-  run_parallel(S(mix_grad_rows), (char *)tasks, sizeof(S(task)), nt);
+  const S(args) args = {.w = w, .table = table, .gcoef = gcoef, .gw = gw};
+  run_parallel(S(mix_grad_rows), &args, n, S(chunk)(100), nt);
 }
 """
 _KERNEL_TYPES = {torch.float32: ("float", "expf", "f32"), torch.float64: ("double", "exp", "f64")}
