@@ -326,6 +326,15 @@ static void S(coef_grad_rows)(const void *p, int64_t lo, int64_t hi) {
   }
 }
 
+/* Ask for the gradient row and the partner's input row of use u (when u < end) in one operand's list of uses. */
+static inline void S(prefetch_use)(const S(args) *t, const int64_t *order, const int64_t *partner, int64_t u,
+                                   int64_t end) {
+  if (u >= end) return;
+  const int64_t n = order[u], B = t->batch;
+  prefetch_row(t->g + n * B, sizeof(T) * B);
+  prefetch_row(t->x + partner[n] * B, sizeof(T) * B);
+}
+
 /* Input gradients of inputs lo..hi-1: g (c1 + c3 b) summed over the gates reading the input as A, g (c2 + c3 a)
    over those reading it as B. A gate's coefficient sums are taken when it is visited through its A input (once
    per gate). The gradient and partner rows of the next use are prefetched. */
@@ -339,11 +348,7 @@ static void S(input_grad_rows)(const void *p, int64_t lo, int64_t hi) {
     memset(acc, 0, row);
     const int64_t end_a = i < last ? t->off_a[i + 1] : N, end_b = i < last ? t->off_b[i + 1] : N;
     for (int64_t u = t->off_a[i]; u < end_a; u++) {
-      if (u + 1 < end_a) {
-        const int64_t m = t->order_a[u + 1];
-        prefetch_row(t->g + m * B, row);
-        prefetch_row(t->x + t->wb[m] * B, row);
-      }
+      S(prefetch_use)(t, t->order_a, t->wb, u + 1, end_a);
       const int64_t n = t->order_a[u];
       const T *g = t->g + n * B, *b = t->x + t->wb[n] * B, c1 = t->coef[4 * n + 1], c3 = t->coef[4 * n + 3];
       if (t->gc) {
@@ -362,11 +367,7 @@ static void S(input_grad_rows)(const void *p, int64_t lo, int64_t hi) {
       }
     }
     for (int64_t u = t->off_b[i]; u < end_b; u++) {
-      if (u + 1 < end_b) {
-        const int64_t m = t->order_b[u + 1];
-        prefetch_row(t->g + m * B, row);
-        prefetch_row(t->x + t->wa[m] * B, row);
-      }
+      S(prefetch_use)(t, t->order_b, t->wa, u + 1, end_b);
       const int64_t n = t->order_b[u];
       const T *g = t->g + n * B, *a = t->x + t->wa[n] * B, c2 = t->coef[4 * n + 2], c3 = t->coef[4 * n + 3];
 #pragma omp simd
