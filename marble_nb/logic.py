@@ -6,7 +6,17 @@
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
+import hashlib
+import logging
 import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +24,14 @@ from torch import nn
 
 from .kinds import GATE_COEFFICIENTS
 
+log = logging.getLogger("marble_nb")
+
 # %% auto #0
-__all__ = ['PASS_THROUGH_GATE', 'gate_truth_tables', 'gate_coefficients', 'relaxed_gate_outputs', 'relaxed_gates',
-           'random_connections', 'unique_connections', 'fan_out', 'LogicGateFunction', 'GateLogits', 'initial_logits',
-           'LogicLayer', 'GroupSum', 'tree_leaves', 'LogicConv2d', 'OrPool2d', 'from_difflogic']
+__all__ = ['log', 'PASS_THROUGH_GATE', 'C_FLAGS', 'C_LIBS', 'gate_truth_tables', 'gate_coefficients', 'relaxed_gate_outputs',
+           'relaxed_gates', 'random_connections', 'unique_connections', 'fan_out', 'LogicGateFunction',
+           'find_c_compiler', 'build_c_library', 'gate_kernel_source', 'GateKernel', 'training_kernel', 'CompiledGates',
+           'CompiledMixture', 'GateLogits', 'initial_logits', 'LogicLayer', 'GroupSum', 'tree_leaves', 'LogicConv2d',
+           'OrPool2d', 'from_difflogic']
 
 # %% ../nbs/20_logic.ipynb #a5a0a4a0
 PASS_THROUGH_GATE = 3  # gate "A": output = first input, the residual-initialisation target
@@ -169,7 +183,412 @@ class LogicGateFunction(torch.autograd.Function):
         return grad_x, grad_coef, None, None, None
 
 # %% ../nbs/20_logic.ipynb #2645b4ad
-_IMPLEMENTATIONS = ("fast", "python")
+C_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11", "-fopenmp-simd", "-pthread")
+C_LIBS = ("-lm",)
+
+
+def find_c_compiler() -> str | None:
+    "Path of the system C compiler ($CC, cc, gcc, clang), or None."
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        path = name and shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _machine_key() -> str:
+    "What `-march=native` compiles for: the architecture and, on Linux, the CPU models and feature flags."
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    cpu = {line for line in info.splitlines() if line.startswith(("model name", "flags"))}
+    return "\n".join([platform.machine(), *sorted(cpu)])
+
+
+def _cache_dir() -> Path:
+    "Where compiled logic kernels are kept."
+    root = os.environ.get("MARBLE_NB_CACHE") or Path.home() / ".cache" / "marble_nb"
+    return Path(root) / "logic_c"
+
+
+def build_c_library(source: str, compiler: str | None = None) -> Path:
+    "Compile `source` to a shared library (cached by hash); raises RuntimeError when it cannot."
+    compiler = compiler or find_c_compiler()
+    if compiler is None or shutil.which(compiler) is None:
+        raise RuntimeError(
+            f"no C compiler found (got {compiler!r}); set $CC or install gcc/clang, or use backend='torch'"
+        )
+    key = [source, compiler, *C_FLAGS, *C_LIBS, _machine_key()]  # a cache shared by other CPUs gets its own
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:24]
+    target = _cache_dir() / f"logic_{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, lib = Path(tmp) / "logic.c", Path(tmp) / "logic.so"
+        src.write_text(source)
+        cmd = [compiler, *C_FLAGS, "-o", str(lib), str(src), *C_LIBS]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"C compiler {compiler} failed:\n{proc.stderr[-2000:]}")
+        os.replace(lib, target)
+    return target
+
+# %% ../nbs/20_logic.ipynb #cb4b5c85
+_KERNEL_COMMON = r"""
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#define MAX_THREADS 64
+
+/* Work shared by threads in chunks: each thread takes the next unclaimed chunk until none is left, so a
+   thread that starts late (the other cores busy) only means the others do more of the work. */
+typedef struct {
+  void (*body)(const void *args, int64_t lo, int64_t hi);  /* process rows lo..hi-1 */
+  const void *args;
+  int64_t rows, chunk;
+  atomic_llong next;
+} job_t;
+
+static void *work(void *arg) {
+  job_t *job = arg;
+  for (;;) {
+    const int64_t lo = atomic_fetch_add(&job->next, 1) * job->chunk;
+    if (lo >= job->rows) return NULL;
+    job->body(job->args, lo, lo + job->chunk < job->rows ? lo + job->chunk : job->rows);
+  }
+}
+
+/* Run body over rows 0..rows-1 in chunks on nt threads (this one included; a thread that cannot start is skipped). */
+static void run_parallel(void (*body)(const void *, int64_t, int64_t), const void *args, int64_t rows,
+                         int64_t chunk, int nt) {
+  job_t job = {.body = body, .args = args, .rows = rows, .chunk = chunk < 1 ? 1 : chunk};
+  atomic_init(&job.next, 0);
+  pthread_t threads[MAX_THREADS];
+  int started[MAX_THREADS] = {0};
+  nt = nt < 1 ? 1 : nt > MAX_THREADS ? MAX_THREADS : nt;
+  for (int t = 1; t < nt; t++) started[t] = pthread_create(&threads[t], NULL, work, &job) == 0;
+  work(&job);
+  for (int t = 1; t < nt; t++)
+    if (started[t]) pthread_join(threads[t], NULL);
+}
+
+/* Ask for the cache lines of a row of `bytes` bytes. */
+static inline void prefetch_row(const void *row, size_t bytes) {
+  for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)row + o);
+}
+"""
+
+_KERNEL_TEMPLATE = r"""
+typedef struct {
+  const T *x, *g, *coef, *w, *table, *gcoef;
+  T *y, *gx, *gc, *gw;
+  const int64_t *wa, *wb, *order_a, *off_a, *order_b, *off_b;
+  int64_t batch, n_in, n_gates;
+  T factor;
+} S(args);
+
+/* y[n] = c0 + c1 a + c2 b + c3 ab for gates lo..hi-1; rows of `batch` samples (feature-major). The input rows
+   of the gate two ahead are prefetched: they are scattered over the whole input. */
+static void S(forward_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
+  const int64_t B = t->batch;
+  for (int64_t n = lo; n < hi; n++) {
+    if (n + 2 < hi) {
+      prefetch_row(t->x + t->wa[n + 2] * B, sizeof(T) * B);
+      prefetch_row(t->x + t->wb[n + 2] * B, sizeof(T) * B);
+    }
+    const T *a = t->x + t->wa[n] * B, *b = t->x + t->wb[n] * B, *c = t->coef + 4 * n;
+    const T c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
+    T *y = t->y + n * B;
+#pragma omp simd
+    for (int64_t j = 0; j < B; j++) y[j] = (c2 + c3 * a[j]) * b[j] + (c1 * a[j] + c0);
+  }
+}
+
+/* Coefficient gradients (batch sums of g, g a, g b, g ab) of gates lo..hi-1. */
+static void S(coef_grad_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
+  const int64_t B = t->batch;
+  for (int64_t n = lo; n < hi; n++) {
+    const T *a = t->x + t->wa[n] * B, *b = t->x + t->wb[n] * B, *g = t->g + n * B;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t j = 0; j < B; j++) {
+      const T ga = g[j] * a[j];
+      s0 += g[j]; s1 += ga; s2 += g[j] * b[j]; s3 += ga * b[j];
+    }
+    T *out = t->gc + 4 * n;
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+  }
+}
+
+/* Ask for the gradient row and the partner's input row of use u (when u < end) in one operand's list of uses. */
+static inline void S(prefetch_use)(const S(args) *t, const int64_t *order, const int64_t *partner, int64_t u,
+                                   int64_t end) {
+  if (u >= end) return;
+  const int64_t n = order[u], B = t->batch;
+  prefetch_row(t->g + n * B, sizeof(T) * B);
+  prefetch_row(t->x + partner[n] * B, sizeof(T) * B);
+}
+
+/* Input gradients of inputs lo..hi-1: g (c1 + c3 b) summed over the gates reading the input as A, g (c2 + c3 a)
+   over those reading it as B. A gate's coefficient sums are taken when it is visited through its A input (once
+   per gate). The gradient and partner rows of the next use are prefetched. */
+static void S(input_grad_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
+  const int64_t B = t->batch, N = t->n_gates, last = t->n_in - 1;
+  const size_t row = sizeof(T) * B;
+  for (int64_t i = lo; i < hi; i++) {
+    T *acc = t->gx + i * B;
+    const T *own = t->x + i * B;
+    memset(acc, 0, row);
+    const int64_t end_a = i < last ? t->off_a[i + 1] : N, end_b = i < last ? t->off_b[i + 1] : N;
+    for (int64_t u = t->off_a[i]; u < end_a; u++) {
+      S(prefetch_use)(t, t->order_a, t->wb, u + 1, end_a);
+      const int64_t n = t->order_a[u];
+      const T *g = t->g + n * B, *b = t->x + t->wb[n] * B, c1 = t->coef[4 * n + 1], c3 = t->coef[4 * n + 3];
+      if (t->gc) {
+        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t j = 0; j < B; j++) {
+          const T gb = g[j] * b[j];
+          acc[j] += g[j] * c1 + c3 * gb;
+          s0 += g[j]; s1 += g[j] * own[j]; s2 += gb; s3 += gb * own[j];
+        }
+        T *out = t->gc + 4 * n;
+        out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < B; j++) acc[j] += g[j] * (c1 + c3 * b[j]);
+      }
+    }
+    for (int64_t u = t->off_b[i]; u < end_b; u++) {
+      S(prefetch_use)(t, t->order_b, t->wa, u + 1, end_b);
+      const int64_t n = t->order_b[u];
+      const T *g = t->g + n * B, *a = t->x + t->wa[n] * B, c2 = t->coef[4 * n + 2], c3 = t->coef[4 * n + 3];
+#pragma omp simd
+      for (int64_t j = 0; j < B; j++) acc[j] += g[j] * (c2 + c3 * a[j]);
+    }
+    if (t->factor != 1)
+      for (int64_t j = 0; j < B; j++) acc[j] *= t->factor;
+  }
+}
+
+/* p = softmax of the 16 logits w. */
+static void S(softmax16)(const T *w, T *p) {
+  T top = w[0], total = 0;
+  for (int g = 1; g < 16; g++) top = w[g] > top ? w[g] : top;
+  for (int g = 0; g < 16; g++) { p[g] = EXP(w[g] - top); total += p[g]; }
+  for (int g = 0; g < 16; g++) p[g] /= total;
+}
+
+/* Coefficients coef[n] = softmax(w[n]) @ table ([16, 4]) for neurons lo..hi-1. */
+static void S(mix_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
+  for (int64_t n = lo; n < hi; n++) {
+    T prob[16], c[4] = {0, 0, 0, 0};
+    S(softmax16)(t->w + 16 * n, prob);
+    for (int g = 0; g < 16; g++)
+      for (int k = 0; k < 4; k++) c[k] += prob[g] * t->table[4 * g + k];
+    memcpy(t->y + 4 * n, c, sizeof c);
+  }
+}
+
+/* Logit gradients gw[n, g] = p_g (d_g - sum_h p_h d_h) with d = table @ gcoef[n], for neurons lo..hi-1. */
+static void S(mix_grad_rows)(const void *p, int64_t lo, int64_t hi) {
+  const S(args) *t = p;
+  for (int64_t n = lo; n < hi; n++) {
+    T prob[16], d[16], mean = 0;
+    S(softmax16)(t->w + 16 * n, prob);
+    const T *gc = t->gcoef + 4 * n;
+    for (int g = 0; g < 16; g++) {
+      d[g] = 0;
+      for (int k = 0; k < 4; k++) d[g] += t->table[4 * g + k] * gc[k];
+      mean += prob[g] * d[g];
+    }
+    for (int g = 0; g < 16; g++) t->gw[16 * n + g] = prob[g] * (d[g] - mean);
+  }
+}
+
+/* Rows per chunk: about 32k values of work (tens of microseconds). */
+static int64_t S(chunk)(int64_t values_per_row) { return values_per_row >= 32768 ? 1 : 32768 / values_per_row; }
+
+void S(logic_gates_forward)(const T *x, const int64_t *wa, const int64_t *wb, const T *coef, T *y, int64_t batch,
+                            int64_t n_gates, int nt) {
+  const S(args) args = {.x = x, .wa = wa, .wb = wb, .coef = coef, .y = y, .batch = batch};
+  run_parallel(S(forward_rows), &args, n_gates, S(chunk)(batch + 1), nt);
+}
+
+/* gx (input gradients [n_in, batch]) and gc (coefficient gradients [n_gates, 4]) may each be NULL. */
+void S(logic_gates_backward)(const T *x, const int64_t *wa, const int64_t *wb, const T *coef, const T *g,
+                             const int64_t *order_a, const int64_t *off_a, const int64_t *order_b,
+                             const int64_t *off_b, T *gx, T *gc, int64_t batch, int64_t n_in, int64_t n_gates,
+                             double factor, int nt) {
+  const S(args) args = {.x = x, .g = g, .coef = coef, .gx = gx, .gc = gc, .wa = wa, .wb = wb,
+                        .order_a = order_a, .off_a = off_a, .order_b = order_b, .off_b = off_b, .batch = batch,
+                        .n_in = n_in, .n_gates = n_gates, .factor = (T)factor};
+  if (gx)  /* an input is read by 2 n_gates / n_in gates on average */
+    run_parallel(S(input_grad_rows), &args, n_in, S(chunk)((batch + 1) * (2 * n_gates / (n_in > 0 ? n_in : 1) + 1)), nt);
+  else if (gc)
+    run_parallel(S(coef_grad_rows), &args, n_gates, S(chunk)(batch + 1), nt);
+}
+
+void S(logic_mix_forward)(const T *w, const T *table, T *coef, int64_t n, int nt) {
+  const S(args) args = {.w = w, .table = table, .y = coef};
+  run_parallel(S(mix_rows), &args, n, S(chunk)(100), nt);
+}
+
+void S(logic_mix_backward)(const T *w, const T *table, const T *gcoef, T *gw, int64_t n, int nt) {
+  const S(args) args = {.w = w, .table = table, .gcoef = gcoef, .gw = gw};
+  run_parallel(S(mix_grad_rows), &args, n, S(chunk)(100), nt);
+}
+"""
+_KERNEL_TYPES = {torch.float32: ("float", "expf", "f32"), torch.float64: ("double", "exp", "f64")}
+
+
+def gate_kernel_source() -> str:
+    "C source of the training kernel, instantiated for float32 and float64."
+    parts = [_KERNEL_COMMON]
+    for ctype, exp, suffix in _KERNEL_TYPES.values():
+        parts.append(f"#define T {ctype}\n#define EXP {exp}\n#define S(name) name##_{suffix}\n")
+        parts.append(_KERNEL_TEMPLATE + "#undef T\n#undef EXP\n#undef S\n")
+    return "".join(parts)
+
+# %% ../nbs/20_logic.ipynb #334b54f3
+_POINTER, _INT64 = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "gates_forward": [_POINTER] * 5 + [_INT64, _INT64, ctypes.c_int],
+    "gates_backward": [_POINTER] * 11 + [_INT64, _INT64, _INT64, ctypes.c_double, ctypes.c_int],
+    "mix_forward": [_POINTER] * 3 + [_INT64, ctypes.c_int],
+    "mix_backward": [_POINTER] * 4 + [_INT64, ctypes.c_int],
+}
+_PARALLEL_WORK = 1 << 16  # elements below which one thread does the work
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    "Address of a tensor's data for ctypes (None for a missing optional tensor)."
+    return None if t is None else t.data_ptr()
+
+
+def _threads(work: int) -> int:
+    "Threads for a kernel call over `work` elements: PyTorch's intra-op count, or 1 for small work."
+    return torch.get_num_threads() if work >= _PARALLEL_WORK else 1
+
+
+class GateKernel:
+    "The compiled training kernel (see `gate_kernel_source`): gates and gate mixture, forward and backward."
+
+    dtypes = tuple(_KERNEL_TYPES)
+
+    def __init__(self, path: Path):
+        lib = ctypes.CDLL(str(path))
+        self._fns = {}
+        for dtype, (_, _, suffix) in _KERNEL_TYPES.items():
+            for name, argtypes in _SIGNATURES.items():
+                fn = getattr(lib, f"logic_{name}_{suffix}")
+                fn.argtypes, fn.restype = argtypes, None
+                self._fns[name, dtype] = fn
+
+    def handles(self, t: torch.Tensor) -> bool:
+        "Whether the kernel can compute on `t`: a float32/float64 CPU tensor."
+        return t.device.type == "cpu" and t.dtype in self.dtypes
+
+    def gates_forward(self, xt: torch.Tensor, wiring: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        "Gate outputs [gates, batch] for feature-major inputs xt [in_dim, batch]."
+        y = xt.new_empty(wiring.shape[1], xt.shape[1])
+        fn = self._fns["gates_forward", xt.dtype]
+        pointers = map(_ptr, (xt, wiring[0], wiring[1], coef, y))
+        fn(*pointers, xt.shape[1], wiring.shape[1], _threads(y.numel()))
+        return y
+
+    def gates_backward(
+        self,
+        xt: torch.Tensor,
+        wiring: torch.Tensor,
+        coef: torch.Tensor,
+        g: torch.Tensor,
+        fan_out: tuple,
+        grad_factor: float,
+        input_grad: bool,
+        coef_grad: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        "Input gradients [in_dim, batch] and coefficient gradients [gates, 4] (None when not asked for)."
+        gx = torch.empty_like(xt) if input_grad else None
+        gc = coef.new_empty(coef.shape) if coef_grad else None
+        fn = self._fns["gates_backward", xt.dtype]
+        pointers = map(_ptr, (xt, wiring[0], wiring[1], coef, g, *fan_out, gx, gc))
+        fn(*pointers, xt.shape[1], xt.shape[0], wiring.shape[1], grad_factor, _threads(g.numel()))
+        return gx, gc
+
+    def mix_forward(self, w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        "Coefficients [n, 4] = softmax(w [n, 16]) @ table."
+        coef = w.new_empty(w.shape[0], 4)
+        self._fns["mix_forward", w.dtype](_ptr(w), _ptr(table), _ptr(coef), w.shape[0], _threads(w.numel()))
+        return coef
+
+    def mix_backward(self, w: torch.Tensor, table: torch.Tensor, grad_coef: torch.Tensor) -> torch.Tensor:
+        "Logit gradients [n, 16] from coefficient gradients [n, 4]."
+        gw = torch.empty_like(w)
+        fn = self._fns["mix_backward", w.dtype]
+        fn(_ptr(w), _ptr(table), _ptr(grad_coef), _ptr(gw), w.shape[0], _threads(w.numel()))
+        return gw
+
+
+@functools.cache
+def training_kernel() -> GateKernel | None:
+    "The compiled CPU training kernel, built on first use; None (logged once) when it cannot be built."
+    compiler = find_c_compiler()
+    if compiler is None:
+        log.info("marble_nb.logic: no C compiler found; LogicLayer trains with PyTorch operations")
+        return None
+    try:
+        return GateKernel(build_c_library(gate_kernel_source(), compiler))
+    except (RuntimeError, OSError) as e:
+        log.warning("marble_nb.logic: the C training kernel is unavailable (%s); using PyTorch operations", e)
+        return None
+
+# %% ../nbs/20_logic.ipynb #7e472ba1
+class CompiledGates(torch.autograd.Function):
+    "`LogicGateFunction` computed by the C kernel: y = c0 + c1*a + c2*b + c3*a*b."
+
+    @staticmethod
+    def forward(ctx, x, coef, wiring, fan_out: tuple, grad_factor: float, kernel: GateKernel):
+        xt, wiring = _feature_major(x), wiring.contiguous()
+        c = coef.detach().to(x.dtype).contiguous()
+        ctx.save_for_backward(xt, c, wiring, *fan_out)
+        ctx.grad_factor, ctx.coef_dtype, ctx.kernel = grad_factor, coef.dtype, kernel
+        return kernel.gates_forward(xt, wiring, c).t()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        xt, c, wiring, *fan_out = ctx.saved_tensors
+        g = _feature_major(grad_out.to(xt.dtype))
+        needs_x, needs_coef = ctx.needs_input_grad[:2]
+        gx, gc = ctx.kernel.gates_backward(xt, wiring, c, g, fan_out, ctx.grad_factor, needs_x, needs_coef)
+        return None if gx is None else gx.t(), None if gc is None else gc.to(ctx.coef_dtype), None, None, None, None
+
+
+class CompiledMixture(torch.autograd.Function):
+    "Gate coefficients softmax(weights) @ table ([n, 16] -> [n, 4]) computed by the C kernel."
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, table: torch.Tensor, kernel: GateKernel):
+        w, table = weights.detach().contiguous(), table.to(weights.dtype).contiguous()
+        ctx.save_for_backward(w, table)
+        ctx.kernel = kernel
+        return kernel.mix_forward(w, table)
+
+    @staticmethod
+    def backward(ctx, grad_coef: torch.Tensor):
+        w, table = ctx.saved_tensors
+        return ctx.kernel.mix_backward(w, table, grad_coef.to(w.dtype).contiguous()), None, None
+
+# %% ../nbs/20_logic.ipynb #88eb28fa
+_IMPLEMENTATIONS = ("fast", "torch", "python")
 _INITS = ("random", "residual")
 _CONNECTIONS = {"random": random_connections, "unique": unique_connections}
 
@@ -192,14 +611,26 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
 class GateLogits(nn.Module):
     "Base of the logic modules: `weights` holds gate logits [..., 16] (difflogic order)."
 
+    implementation = "fast"
+
     def gate_ids(self) -> torch.Tensor:
         "The hard gate of every node: the argmax of its logits."
         return self.weights.argmax(-1)
 
+    def _kernel(self, t: torch.Tensor) -> GateKernel | None:
+        "The C training kernel when this module uses it for tensors like `t` (fast implementation, CPU float)."
+        kernel = training_kernel() if self.implementation == "fast" else None
+        return kernel if kernel is not None and kernel.handles(t) else None
+
     def coefficients(self) -> torch.Tensor:
         "Coefficients [..., 4] on (1, a, b, ab): the softmax mixture in training, the argmax gate in eval."
         table = gate_coefficients(self.weights.dtype).to(self.weights.device)
-        return F.softmax(self.weights, dim=-1) @ table if self.training else table[self.gate_ids()]
+        if not self.training:
+            return table[self.gate_ids()]
+        kernel = self._kernel(self.weights)
+        if kernel is not None:
+            return CompiledMixture.apply(self.weights.reshape(-1, 16), table, kernel).view(*self.weights.shape[:-1], 4)
+        return F.softmax(self.weights, dim=-1) @ table
 
 
 def initial_logits(out_dim: int, init: str, generator: torch.Generator | None, residual_logit: float = 5.0):
@@ -221,7 +652,7 @@ class LogicLayer(GateLogits):
         out_dim: int,  # number of gates (neurons)
         device: torch.device | str | None = None,  # where logits and wiring live (default: CPU)
         grad_factor: float = 1.0,  # multiplies the gradient passed back to the inputs (helps deep nets)
-        implementation: str = "fast",  # "fast" (4 coefficients, custom backward) or "python" (16 outputs)
+        implementation: str = "fast",  # "fast" (4 coefficients; C kernel on CPU), "torch" (4, PyTorch ops), "python"
         connections: str = "random",  # wiring scheme: "random" or "unique"
         seed: int | None = None,  # seeds wiring and initial logits; None uses torch's global RNG
         init: str = "random",  # "random" logits N(0,1) (difflogic) or "residual" (start near gate A)
@@ -264,10 +695,12 @@ class LogicLayer(GateLogits):
         if not x.is_floating_point():
             x = x.to(self.weights.dtype)
         flat = x.reshape(-1, self.in_dim)
-        if self.implementation == "fast":
-            y = LogicGateFunction.apply(flat, self.coefficients(), self.wiring, self._fan_out(), self.grad_factor)
-        else:
+        if self.implementation == "python":
             y = self._forward_16(_scale_grad(flat, self.grad_factor))
+        elif (kernel := self._kernel(flat)) is not None:
+            y = CompiledGates.apply(flat, self.coefficients(), self.wiring, self._fan_out(), self.grad_factor, kernel)
+        else:
+            y = LogicGateFunction.apply(flat, self.coefficients(), self.wiring, self._fan_out(), self.grad_factor)
         return y.reshape(*x.shape[:-1], self.out_dim)
 
     def _forward_16(self, x: torch.Tensor) -> torch.Tensor:
@@ -303,6 +736,8 @@ class GroupSum(nn.Module):
                 f"GroupSum(k={self.k}) needs a last axis divisible by {self.k}, got shape {tuple(x.shape)}; "
                 "make the last layer's out_dim a multiple of k"
             )
+        if x.dim() == 2 and x.stride(0) == 1 and x.shape[0] > 1:  # feature-major (a LogicLayer's output)
+            return x.t().unflatten(0, (self.k, -1)).sum(1).t() / self.tau  # sums whole rows, no strided reads
         return x.unflatten(-1, (self.k, -1)).sum(-1) / self.tau
 
     def extra_repr(self) -> str:

@@ -6,14 +6,9 @@
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import math
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +17,24 @@ import torch
 from torch import nn
 
 from .graph import Graph, GraphBuilder
-from .logic import GateLogits, GroupSum, LogicConv2d, LogicLayer, OrPool2d, gate_truth_tables
+from marble_nb.logic import (
+    GateLogits,
+    GroupSum,
+    LogicConv2d,
+    LogicLayer,
+    OrPool2d,
+    build_c_library,
+    find_c_compiler,
+    gate_truth_tables,
+)
 from .ops import Gather
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'GATE_EXPRESSIONS', 'C_FLAGS', 'BACKENDS', 'apply_gate', 'pack_bits', 'unpack_bits', 'HardLayer', 'hard_layers',
-           'PackedLayer', 'regroup', 'count_bits', 'c_source', 'find_c_compiler', 'build_c_library', 'CompiledLogic',
-           'compile_logic', 'add_logic_gates', 'add_logic_module', 'add_group_sum', 'logic_to_marble']
+__all__ = ['log', 'GATE_EXPRESSIONS', 'BACKENDS', 'apply_gate', 'pack_bits', 'unpack_bits', 'HardLayer', 'hard_layers',
+           'PackedLayer', 'regroup', 'count_bits', 'c_source', 'CompiledLogic', 'compile_logic', 'add_logic_gates',
+           'add_logic_module', 'add_group_sum', 'logic_to_marble']
 
 # %% ../nbs/21_logic_compile.ipynb #7cec4b74
 GATE_EXPRESSIONS = (
@@ -423,46 +427,6 @@ def _kernel_tables(layers: list[PackedLayer]) -> dict[str, np.ndarray]:
     }
 
 # %% ../nbs/21_logic_compile.ipynb #e4f92ed3
-C_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
-
-
-def find_c_compiler() -> str | None:
-    "Path of the system C compiler ($CC, cc, gcc, clang), or None."
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        path = name and shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _cache_dir() -> Path:
-    "Where compiled logic kernels are kept."
-    root = os.environ.get("MARBLE_NB_CACHE") or Path.home() / ".cache" / "marble_nb"
-    return Path(root) / "logic_c"
-
-
-def build_c_library(source: str, compiler: str | None = None) -> Path:
-    "Compile `source` to a shared library (cached by hash); raises RuntimeError when it cannot."
-    compiler = compiler or find_c_compiler()
-    if compiler is None or shutil.which(compiler) is None:
-        raise RuntimeError(
-            f"no C compiler found (got {compiler!r}); set $CC or install gcc/clang, or use backend='torch'"
-        )
-    digest = hashlib.sha256("\0".join([source, compiler, *C_FLAGS]).encode()).hexdigest()[:24]
-    target = _cache_dir() / f"logic_{digest}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, lib = Path(tmp) / "logic.c", Path(tmp) / "logic.so"
-        src.write_text(source)
-        proc = subprocess.run([compiler, *C_FLAGS, "-o", str(lib), str(src)], capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"C compiler {compiler} failed:\n{proc.stderr[-2000:]}")
-        os.replace(lib, target)
-    return target
-
-
 def _load_kernel(path: Path):
     "The `logic_forward` function of a compiled library, with its argument types."
     fn = ctypes.CDLL(str(path)).logic_forward

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from marble_nb.logic import GroupSum, LogicConv2d, LogicLayer, from_difflogic, unique_connections
+import marble_nb.logic as logic_module
+from marble_nb.logic import GroupSum, LogicConv2d, LogicLayer, find_c_compiler, from_difflogic, unique_connections
 
 # The 16 gates as the paper lists them (difflogic order), written independently of marble_nb.
 PAPER_GATES = [
@@ -47,7 +48,10 @@ def single_gate_layer(gate: int, implementation: str) -> LogicLayer:
     return layer
 
 
-@pytest.mark.parametrize("implementation", ["fast", "python"])
+FOUR_COEFFICIENT = ["fast", "torch"]  # "fast" runs the C kernel when a C compiler exists, "torch" never does
+
+
+@pytest.mark.parametrize("implementation", [*FOUR_COEFFICIENT, "python"])
 @pytest.mark.parametrize("gate", range(16))
 def test_gates_match_truth_tables_hard_and_relaxed(gate, implementation):
     layer = single_gate_layer(gate, implementation)
@@ -70,6 +74,7 @@ def _outputs_and_grads(layer: LogicLayer, x: torch.Tensor, upstream: torch.Tenso
     return y.detach(), x.grad.clone(), grad_w
 
 
+@pytest.mark.parametrize("implementation", FOUR_COEFFICIENT)
 @settings(max_examples=40, deadline=None)
 @given(
     in_dim=st.integers(1, 40),
@@ -81,12 +86,16 @@ def _outputs_and_grads(layer: LogicLayer, x: torch.Tensor, upstream: torch.Tenso
     dtype=st.sampled_from([torch.float32, torch.float64]),
     connections=st.sampled_from(["random", "unique"]),
 )
-def test_fast_equals_16_output_formulation(in_dim, extra, batch, seed, grad_factor, training, dtype, connections):
+def test_fast_equals_16_output_formulation(
+    implementation, in_dim, extra, batch, seed, grad_factor, training, dtype, connections
+):
     out_dim = (in_dim + 1) // 2 + extra
     if connections == "unique" and (in_dim < 2 or out_dim > in_dim * (in_dim - 1) // 2):
         connections = "random"
     torch.manual_seed(seed)
-    fast = LogicLayer(in_dim, out_dim, seed=seed, grad_factor=grad_factor, connections=connections).to(dtype)
+    fast = LogicLayer(
+        in_dim, out_dim, seed=seed, grad_factor=grad_factor, connections=connections, implementation=implementation
+    ).to(dtype)
     slow = LogicLayer(in_dim, out_dim, seed=seed, grad_factor=grad_factor, implementation="python").to(dtype)
     slow.load_state_dict(fast.state_dict())
     fast.train(training), slow.train(training)
@@ -97,6 +106,90 @@ def test_fast_equals_16_output_formulation(in_dim, extra, batch, seed, grad_fact
             assert got is None or not got.any()
         else:
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", FOUR_COEFFICIENT)
+def test_fast_on_several_threads_equals_16_output_formulation(implementation):
+    """Large enough for the C kernel to split the work over threads; an odd batch, grad_factor, unique wiring.
+
+    Float64 must agree with the 16-output formulation to 1e-6. Float32 is compared with the float64 result:
+    its batch sums of 257 terms round at about 1e-6 (the 16-output formulation's own float32 error), so 1e-5."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fast = LogicLayer(300, 500, seed=3, grad_factor=2.0, connections="unique", implementation=implementation)
+        slow = LogicLayer(300, 500, seed=3, grad_factor=2.0, implementation="python")
+        slow.load_state_dict(fast.state_dict())
+        x, upstream = torch.rand(257, 300, dtype=torch.float64), torch.randn(257, 500, dtype=torch.float64)
+        want = _outputs_and_grads(slow.double(), x, upstream)
+        for got, ref in zip(_outputs_and_grads(fast.double(), x, upstream), want, strict=True):
+            torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+        for got, ref in zip(_outputs_and_grads(fast.float(), x.float(), upstream.float()), want, strict=True):
+            torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _autograd_nodes(t: torch.Tensor) -> set[str]:
+    "Names of the autograd nodes `t` was computed through."
+    names, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            todo += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.skipif(not find_c_compiler(), reason="needs a C compiler")
+def test_fast_trains_with_the_c_kernel_when_a_compiler_exists():
+    assert logic_module.training_kernel() is not None
+    fast = _autograd_nodes(LogicLayer(20, 30, seed=0)(torch.rand(4, 20)))
+    assert {"CompiledGatesBackward", "CompiledMixtureBackward"} <= fast
+    assert "LogicGateFunctionBackward" not in fast
+    torch_ops = _autograd_nodes(LogicLayer(20, 30, implementation="torch")(torch.rand(4, 20)))
+    assert "LogicGateFunctionBackward" in torch_ops and "CompiledGatesBackward" not in torch_ops
+
+
+@pytest.fixture
+def fresh_training_kernel(monkeypatch, tmp_path):
+    "training_kernel() rebuilt from an empty cache inside the test, and reset after it."
+    monkeypatch.setenv("MARBLE_NB_CACHE", str(tmp_path))
+    logic_module.training_kernel.cache_clear()
+    yield
+    logic_module.training_kernel.cache_clear()
+
+
+@pytest.mark.parametrize("broken", ["no compiler", "failing compiler"])
+def test_fast_falls_back_to_pytorch_without_a_working_compiler(broken, monkeypatch, caplog, fresh_training_kernel):
+    if broken == "no compiler":
+        monkeypatch.setattr(logic_module, "find_c_compiler", lambda: None)
+    else:
+        monkeypatch.setenv("CC", "false")  # exists, exits 1: the build fails
+    with caplog.at_level("INFO", logger="marble_nb"):
+        assert logic_module.training_kernel() is None
+    assert "PyTorch operations" in caplog.text
+    fast, reference = LogicLayer(12, 20, seed=0), LogicLayer(12, 20, seed=0, implementation="python")
+    x, upstream = torch.rand(5, 12), torch.randn(5, 20)
+    assert "LogicGateFunctionBackward" in _autograd_nodes(fast(x))
+    for got, want in zip(
+        _outputs_and_grads(fast, x, upstream), _outputs_and_grads(reference, x, upstream), strict=True
+    ):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_group_sum_of_feature_major_outputs_equals_plain_sum():
+    "GroupSum sums a LogicLayer's transposed-view output row-wise; values and gradients as for a plain tensor."
+    rows = torch.rand(60, 7, dtype=torch.float64)
+    view = rows.clone().requires_grad_(True)
+    plain = rows.t().contiguous().requires_grad_(True)
+    head = GroupSum(3, tau=2.0)
+    upstream = torch.randn(7, 3, dtype=torch.float64)
+    got, want = head(view.t()), head(plain)
+    torch.testing.assert_close(got, want)
+    (got * upstream).sum().backward()
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(view.grad.t(), plain.grad)
 
 
 def test_leading_dimensions_and_transposed_views_chain():

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import marble_nb.logic as logic
 import marble_nb.logic_compile as lc
 from marble_nb.engine import run
 from marble_nb.logic import GroupSum, LogicConv2d, LogicLayer, OrPool2d
@@ -70,7 +71,8 @@ def test_pack_unpack_round_trip_and_counts():
 
 
 def test_no_compiler_falls_back_cleanly(monkeypatch):
-    monkeypatch.setattr(lc, "find_c_compiler", lambda: None)
+    for module in (lc, logic):  # logic_compile uses marble_nb.logic's compiler helpers
+        monkeypatch.setattr(module, "find_c_compiler", lambda: None)
     net = random_net([10, 12], k=2, tau=1.0, seed=0)
     assert compile_logic(net).backend == "torch"
     with pytest.raises(RuntimeError, match="no C compiler"):
@@ -135,3 +137,33 @@ def test_conv_networks_compile_and_convert_exactly(
     assert torch.equal(compile_logic(body, backend=backend, input_shape=(channels, 7, 6))(x), expected)
     graph = lc.logic_to_marble(body, input_shape=(channels, 7, 6))
     assert torch.equal(run(graph, x.float(), mode="synapse").flatten(1), expected)
+
+
+def test_trained_difflogicnet_on_event_frames_compiles_and_converts():
+    """marble_nb.models.DiffLogicNet as the training job makes it: binary (T=1, 2, 34, 34) frames give identical
+    outputs compiled and as a MARBLE graph; frames in [0, 1] that are not binary are refused by compile_logic
+    (it has no bit for 0.5), while the graph computes the same relaxation of the hard gates as the network."""
+    from marble_nb.models import DiffLogicNet
+
+    torch.manual_seed(0)
+    net = DiffLogicNet((2, 34, 34), 10, depth=2, width=1200, tau=8.0)
+    frames = (torch.rand(130, 1, 2, 34, 34) < 0.2).float()
+    labels = torch.randint(0, 10, (130,))
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    for _ in range(3):  # a few training steps, so the gates are no longer the initial ones
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(frames), labels).backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        expected = net(frames)
+    for backend in BACKENDS:
+        assert torch.equal(compile_logic(net, backend=backend)(frames), expected)
+    graph = lc.logic_to_marble(net, input_shape=(1, 2, 34, 34))
+    assert torch.equal(run(graph, frames, mode="synapse"), expected)  # tau = 8: scores exact
+    soft = torch.rand(20, 1, 2, 34, 34)
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="threshold first"):
+            compile_logic(net, backend=backend)(soft)
+    with torch.no_grad():
+        torch.testing.assert_close(run(graph, soft, mode="synapse"), net(soft), atol=1e-4, rtol=1e-5)
