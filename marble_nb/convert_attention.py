@@ -17,17 +17,17 @@ from torch import Tensor, nn
 
 from .convert import Call, ConversionError, Context, Value, register_function, register_module
 from .convert_embed import PerPosition, Rearrange, own_origins
-from .engine import run
-from .graph import Graph
+from .engine import register_fusion, run
+from .graph import Connection, Graph
 from .kinds import register_kind
 from .ops import DEFAULT_CHUNK, Operator, ShapeError, Synapses, numel
 
 # %% auto #0
-__all__ = ['SumLast', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention', 'add_attention',
-           'add_scaled_dot_product_attention', 'add_multihead_attention', 'add_head_mean', 'SequenceGraphs',
-           'MultiheadAttentionGraphs', 'convert_multihead_attention', 'add_feed_forward', 'add_encoder_layer',
-           'add_decoder_layer', 'add_encoder', 'add_decoder', 'TransformerGraphs', 'convert_transformer',
-           'sinusoidal_table', 'add_positional', 'add_rotary', 'add_mean_over_positions']
+__all__ = ['SumLast', 'contract_last', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention',
+           'add_attention', 'add_scaled_dot_product_attention', 'add_multihead_attention', 'add_head_mean',
+           'SequenceGraphs', 'MultiheadAttentionGraphs', 'convert_multihead_attention', 'add_feed_forward',
+           'add_encoder_layer', 'add_decoder_layer', 'add_encoder', 'add_decoder', 'TransformerGraphs',
+           'convert_transformer', 'sinusoidal_table', 'add_positional', 'add_rotary', 'add_mean_over_positions']
 
 # %% ../nbs/15a_convert_attention.ipynb #43976d8b
 @dataclass(eq=False)
@@ -55,6 +55,41 @@ class SumLast(Operator):
         for s0 in range(0, numel(src_shape), chunk):
             src = torch.arange(s0, min(numel(src_shape), s0 + chunk), device=dev)
             yield Synapses(src, src // n, self.weight.expand(src.shape), torch.zeros_like(src))
+
+# %% ../nbs/15a_convert_attention.ipynb #92a374d9
+def contract_last(a: Tensor, b: Tensor) -> Tensor:
+    "Σ over the last dim of a·b for tensors broadcast against each other (each dim full or 1): one einsum."
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    ones = lambda t: tuple(i for i, n in enumerate(t.shape) if n == 1)  # noqa: E731
+    subscripts = lambda t: "".join(letters[i] for i, n in enumerate(t.shape) if n != 1)  # noqa: E731
+    out = "".join(letters[i] for i, n in enumerate(shape[:-1]) if n != 1)
+    summed = torch.einsum(f"{subscripts(a)},{subscripts(b)}->{out}", a.squeeze(ones(a)), b.squeeze(ones(b)))
+    return summed.reshape(shape[:-1])
+
+
+@register_fusion
+def _fuse_product_sum(graph: Graph, conn: Connection) -> Callable | None:
+    "A bias-free `prod` group of two rearranged factors read only through a SumLast: their contraction."
+    prod = graph.groups[conn.src]
+    factors = graph.incoming(prod.name)
+    fits = (
+        isinstance(conn.op, SumLast)
+        and prod.kind == "prod"
+        and prod.bias is None
+        and len(factors) == 2
+        and all(isinstance(f.op, Rearrange) and f.op.expand == prod.shape for f in factors)
+    )
+    if not fits:
+        return None
+    a, b = factors
+
+    def accumulate(values: dict[str, Tensor], acc: Tensor | None) -> Tensor:
+        out = contract_last(a.op.broadcast(values[a.src]), b.op.broadcast(values[b.src]))
+        out = out * conn.op.weight.to(out.dtype)
+        return out if acc is None else acc + out
+
+    return accumulate
 
 # %% ../nbs/15a_convert_attention.ipynb #6617a360
 import marble_nb.convert_layers  # noqa: F401  (registers the layer_norm and gelu kinds used below)
