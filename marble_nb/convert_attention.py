@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert import Call, ConversionError, Context, Value, register_function, register_module
+from marble_nb.convert import (
+    Call,
+    ConversionError,
+    Context,
+    Value,
+    batch_anywhere,
+    register_function,
+    register_module,
+)
 from .convert_embed import PerPosition, Rearrange, own_origins
 from .engine import register_fusion, run
 from .graph import Connection, Graph
@@ -668,6 +676,8 @@ def _padding_group(ctx: Context, mask: Any, name: str) -> str | None:
         return None
     if torch.is_tensor(mask):
         raise ConversionError(f"{name}: a constant key_padding_mask is not supported; pass it as a model input")
+    if mask.batch:
+        raise ConversionError(f"{name}: a key_padding_mask is (batch, S); this one has its batch in dim {mask.batch}")
     graph = ctx.graph
     graph.add_group(name, mask.shape, "forbid")
     graph.connect(ctx.source(mask), name, Rearrange.identity(mask.shape))
@@ -681,55 +691,66 @@ def _constant_mask(mask: Any, what: str) -> Tensor | None:
     raise ConversionError(f"{what}: attention masks computed from the input are not supported; make it a constant")
 
 
-def _check_batch_first(module: nn.Module, path: str) -> None:
-    if not _heads_and_batch_first(module)[1]:
+def _sequence_batch(module: nn.Module) -> int:
+    "Where the module's sequences hold the batch: dim 0 with batch_first, else dim 1."
+    return 0 if _heads_and_batch_first(module)[1] else 1
+
+
+def _sequence_source(ctx: Context, v: Any, module: nn.Module, path: str) -> str:
+    "The group of a sequence argument, checked to hold its batch where the module reads it."
+    want = _sequence_batch(module)
+    if not isinstance(v, Value) or v.batch != want:
+        layout = "(batch, T, E)" if want == 0 else "(T, batch, E)"
+        got = f"a tensor whose batch is in dim {v.batch}" if isinstance(v, Value) else repr(v)
         raise ConversionError(
-            f"{path}: convert_model treats dim 0 as the batch, so {type(module).__name__} must be batch_first=True "
-            "(or convert it alone with convert_transformer / convert_multihead_attention)"
+            f"{type(module).__name__}(batch_first={not want}) at {path} reads {layout} but gets {got}: "
+            "transpose it inside the model, or set batch_first=True and give it batch-first tensors"
         )
+    return ctx.source(v)
 
 
 @register_module(nn.MultiheadAttention)
+@batch_anywhere
 def _convert_mha(ctx: Context, call: Call) -> tuple[Value, Value | None]:
-    "nn.MultiheadAttention (batch_first): (output, weights averaged over heads or per head, or None)."
+    "nn.MultiheadAttention: (output in the module's layout, weights averaged over heads or per head, or None)."
     mha = call.module
-    _check_batch_first(mha, call.path)
-    q, k, v = ctx.param(0, "query"), ctx.param(1, "key"), ctx.param(2, "value")
+    q, k, v = (_sequence_source(ctx, ctx.param(i, n), mha, call.path) for i, n in enumerate(("query", "key", "value")))
     name = ctx.name()
     before = set(ctx.graph.groups)
     pad = _padding_group(ctx, ctx.param(3, "key_padding_mask"), f"{name}.key_padding")
     mask = _constant_mask(ctx.param(5, "attn_mask"), call.path)
-    att = add_multihead_attention(ctx.graph, ctx.source(q), ctx.source(k), ctx.source(v), mha, name, mask, pad)
+    att = add_multihead_attention(ctx.graph, q, k, v, mha, name, mask, pad)
     own_origins(ctx.graph, before, att.out, call.path)
+    out = Value(att.out, ctx.graph.groups[att.out].shape, _sequence_batch(mha))
     if not ctx.param(4, "need_weights", True):
-        return ctx.result(att.out), None
+        return out, None
     weights = (
         att.weights
         if not ctx.param(6, "average_attn_weights", True)
         else add_head_mean(ctx.graph, att.weights, f"{name}.weights")
     )
-    return ctx.result(att.out), ctx.result(weights)
+    return out, ctx.result(weights)
 
 
 @register_module(
     nn.TransformerEncoderLayer, nn.TransformerEncoder, nn.TransformerDecoderLayer, nn.TransformerDecoder, nn.Transformer
 )
+@batch_anywhere
 def _convert_transformer(ctx: Context, call: Call) -> Value:
-    "Transformer modules (batch_first): sequences from the call, constant masks as biases, padding masks as inputs."
+    "Transformer modules: sequences from the call (module's layout), constant masks as biases, padding masks as inputs."
     module = call.module
-    _check_batch_first(module, call.path)
     sig = _signature(module)
     args = list(call.args)
     names = list(sig.sequences) + [m for m, _, _ in sig.masks] + [p for p, _ in sig.paddings]
     values = {n: ctx.param(i, n) for i, n in enumerate(names) if i < len(args) or n in call.kwargs}
     name = ctx.name()
     before = set(ctx.graph.groups)
-    seqs = {s: ctx.source(values[s]) for s in sig.sequences}
+    seqs = {s: _sequence_source(ctx, values[s], module, call.path) for s in sig.sequences}
     masks = {m: _constant_mask(values.get(m), f"{call.path} {m}") for m, _, _ in sig.masks}
     pads = {p: _padding_group(ctx, values.get(p), f"{name}.{p}") for p, _ in sig.paddings}
     out = _body(module, ctx.graph, seqs, masks, pads, name)
     own_origins(ctx.graph, before, out, call.path)
-    return ctx.result(out)
+    return Value(out, ctx.graph.groups[out].shape, _sequence_batch(module))
 
 
 @register_function(F.scaled_dot_product_attention)

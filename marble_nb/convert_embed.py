@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .convert import Call, ConversionError, Context, Value, register_module
+from .convert import Call, ConversionError, Context, Value, batch_anywhere, register_module
 from .engine import register_accumulator, register_fusion
 from .graph import Connection, Graph
 from .kinds import get_kind, register_kind
@@ -421,13 +421,14 @@ def own_origins(graph: Graph, before: set[str], output: str, origin: str) -> Non
 
 
 @register_module(nn.Embedding)
+@batch_anywhere
 def _convert_embedding(ctx: Context, call: Call) -> Value:
     "nn.Embedding: one-hot neurons and the (renormalised) table as shared per-position synapses."
     ids: Value = ctx.arg(0)
     before = set(ctx.graph.groups)
     out = add_embedding(ctx.graph, ctx.source(ids), call.module, ctx.name())
     own_origins(ctx.graph, before, out, call.path)
-    return ctx.result(out)
+    return Value(out, ctx.graph.groups[out].shape, ids.batch)  # a lookup per position: the batch stays where it is
 
 
 @register_module(nn.EmbeddingBag)

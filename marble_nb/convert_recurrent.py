@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .convert import Call, ConversionError, Context, Value, register_module
-from .convert_embed import Rearrange, own_origins
+from .convert import Call, ConversionError, Context, Value, batch_anywhere, register_module
+from .convert_embed import PerPosition, Rearrange, own_origins
 from .engine import Runner, run, set_state, state_inputs
 from .graph import Graph, GraphSummary
-from .ops import Dense
+from .ops import Dense, Gather
 
 log = logging.getLogger("marble_nb")
 
@@ -479,16 +479,14 @@ def _through(sliced: Rearrange | None, op: Any) -> Any:
     )
 
 
-def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> str:
-    "An nn.RNN/LSTM/GRU unrolled over the T positions of group `src` (T, in); returns the output group (T, D·H)."
-    from marble_nb.convert_embed import PerPosition
-    from marble_nb.ops import Dense, Gather
-
+def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> tuple[str, dict[str, str]]:
+    "An nn.RNN/LSTM/GRU unrolled over the T positions of group `src` (T, in): the output group (T, D·H) and the final state groups {'h': (L·D, H), 'c': …}."
     net = convert_recurrent(module, name)
     length = graph.group(src).shape[0]
     width = net.directions * net.state_sizes()["h"]
     out = graph.add_group(f"{name}.out", (length, width), origin=name, origin_type=type(module).__name__).name
     zeros = {k: graph.add_group(f"{name}.{k}0", size, origin=name).name for k, size in net.state_sizes().items()}
+    finals: dict[str, list[str]] = {k: [] for k in zeros}  # the last state of every layer and direction
     layer_in = src
     for layer, cells in enumerate(net.cells):
         layer_out = (
@@ -523,8 +521,21 @@ def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> str:
                 index = torch.full((length, width), -1, dtype=torch.long)
                 index[t, direction * h : (direction + 1) * h] = torch.arange(h)
                 graph.connect(state["h"], layer_out, Gather(index.reshape(-1), torch.tensor(1.0)))
+            for k in finals:
+                finals[k].append(state[k])
         layer_in = layer_out
-    return out
+    return out, {k: _stack_rows(graph, groups, f"{name}.{k}_n", name) for k, groups in finals.items()}
+
+
+def _stack_rows(graph: Graph, rows: list[str], name: str, origin: str) -> str:
+    "A group (len(rows), size) whose row i is group rows[i] — PyTorch's h_n / c_n, one row per layer and direction."
+    size = graph.group(rows[0]).size
+    graph.add_group(name, (len(rows), size), origin=origin)
+    for i, row in enumerate(rows):
+        index = torch.full((len(rows), size), -1, dtype=torch.long)
+        index[i] = torch.arange(size)
+        graph.connect(row, name, Gather(index.reshape(-1), torch.tensor(1.0)))
+    return name
 
 # %% ../nbs/15_convert_recurrent.ipynb #5193b020
 def _prefix(layer: int, direction: int) -> str:
@@ -609,20 +620,34 @@ def load_recurrent(path: str | Path) -> RecurrentNet:
 
 # %% ../nbs/15_convert_recurrent.ipynb #0ba553e3
 @register_module(nn.RNN, nn.LSTM, nn.GRU)
-def _convert_rnn(ctx: Context, call: Call) -> tuple[Value, None]:
-    "nn.RNN/LSTM/GRU (batch_first, zero initial state) unrolled over the example's length: (output, None)."
-    module = call.module
-    if not module.batch_first:
-        raise ConversionError(
-            f"{call.path}: convert_model treats dim 0 as the batch, so {type(module).__name__} must be "
-            "batch_first=True (or convert it alone with convert_recurrent)"
-        )
+@batch_anywhere
+def _convert_rnn(ctx: Context, call: Call) -> tuple[Value, Value | tuple[Value, Value]]:
+    "nn.RNN/LSTM/GRU from zero state, unrolled over the example's length: `(output, h_n)` or `(output, (h_n, c_n))`."
+    module, x = call.module, ctx.arg(0)
+    _check_sequence(x, module, call.path)
     if ctx.param(1, "hx") is not None:
         raise ConversionError(f"{call.path}: an initial state is not supported here; use convert_recurrent for state")
     before = set(ctx.graph.groups)
-    out = add_recurrent(ctx.graph, ctx.source(ctx.arg(0)), module, ctx.name())
+    out, final = add_recurrent(ctx.graph, ctx.source(x), module, ctx.name())
     own_origins(ctx.graph, before, out, call.path)
-    return ctx.result(out), None
+    output = Value(out, ctx.graph.groups[out].shape, batch=0 if module.batch_first else 1)
+    h, c = (Value(final[k], ctx.graph.groups[final[k]].shape, batch=1) if k in final else None for k in "hc")
+    return output, h if c is None else (h, c)
+
+
+def _check_sequence(x: Any, module: nn.RNNBase, path: str) -> None:
+    "Raise unless `x` is a sequence (T, features) per sample with its batch where the module expects it."
+    name = f"{type(module).__name__}(batch_first={module.batch_first}) at {path}"
+    if not isinstance(x, Value) or len(x.shape) != 2:
+        raise ConversionError(f"{name} needs a traced (T, features) sequence per sample, got {x!r}")
+    if module.batch_first and x.batch:
+        raise ConversionError(f"{name} reads (batch, T, features) but gets a tensor whose batch is in dim {x.batch}")
+    if not module.batch_first and x.batch != 1:
+        raise ConversionError(
+            f"{name} reads (T, batch, features) but gets a batch-first tensor, whose batch PyTorch would treat as "
+            "time. convert_model takes batch-first inputs: transpose them inside the model (x.transpose(0, 1)) or "
+            "use batch_first=True; or convert the layer alone with convert_recurrent"
+        )
 
 # %% ../nbs/15_convert_recurrent.ipynb #84ea94d4
 def restore_hidden(module: nn.RNNBase, path: str | Path) -> RecurrentNet:
