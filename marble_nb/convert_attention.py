@@ -67,7 +67,7 @@ class SumLast(Operator):
 # %% ../nbs/15a_convert_attention.ipynb #92a374d9
 def contract_last(a: Tensor, b: Tensor) -> Tensor:
     "Σ over the last dim of a·b for tensors broadcast against each other (each dim full or 1): one einsum."
-    shape = torch.broadcast_shapes(a.shape, b.shape)
+    shape = tuple(max(m, n) for m, n in zip(a.shape, b.shape, strict=True))  # each dim full or 1
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     ones = lambda t: tuple(i for i, n in enumerate(t.shape) if n == 1)  # noqa: E731
     subscripts = lambda t: "".join(letters[i] for i, n in enumerate(t.shape) if n != 1)  # noqa: E731

@@ -62,6 +62,15 @@ class PerPosition(Operator):
             w_index = widx.expand(p.shape[0], -1).reshape(-1)
             yield Synapses((p * n_in + i).reshape(-1), (p * n_out + o).reshape(-1), flat[w_index], w_index)
 
+# %% ../nbs/14_convert_embed.ipynb #fe1f1272
+@register_accumulator(PerPosition)
+def _per_position_accumulate(
+    op: PerPosition, x: Tensor, acc: Tensor | None, src_shape: tuple, dst_shape: tuple
+) -> Tensor:
+    "x·Wᵀ at every position, with `acc` added into the fresh product (no second result tensor)."
+    term = op.weighted_sum(x, src_shape, dst_shape)
+    return term if acc is None else term.add_(acc)
+
 # %% ../nbs/14_convert_embed.ipynb #78ed4d45
 @dataclass(eq=False)
 class Rearrange(Operator):

@@ -301,7 +301,7 @@ class RecurrentNet:
                 outs.append(out)
                 for n in final:
                     final[n].append(last[n])
-            layer_in = torch.cat(outs, -1)
+            layer_in = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
         return layer_in, {n: torch.stack(v) for n, v in final.items()}
 
     def _pytorch_layout(self, out: Tensor, final: dict[str, Tensor], unbatched: bool) -> tuple[Tensor, Any]:

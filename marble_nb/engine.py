@@ -143,9 +143,11 @@ def _in_degree(graph: Graph, name: str, device: Any) -> Tensor:
     return deg.reshape(group.shape)
 
 
-def _compact_pre(graph: Graph, group: Group, conns: list[Connection], values: dict[str, Tensor], batch: int) -> Tensor:
+def _compact_pre(
+    graph: Graph, group: Group, kind: NeuronKind, conns: list[Connection], values: dict[str, Tensor], batch: int
+) -> Tensor:
     "Pre-activation of a group whose kind is not a plain sum, from its incoming connections `conns`."
-    kind, like = get_kind(group.kind), next(iter(values.values()))
+    like = next(iter(values.values()))
     if kind.slots > 1:
         pre = like.new_zeros(batch, *group.shape, kind.slots)
         for c in conns:
@@ -161,11 +163,11 @@ def _compact_pre(graph: Graph, group: Group, conns: list[Connection], values: di
     return pre
 
 
-def _activate(group: Group, pre: Tensor) -> Tensor:
+def _activate(kind: NeuronKind, group: Group, pre: Tensor) -> Tensor:
     "Add the group's bias and apply its kind's activation."
     if group.bias is not None:
         pre = pre + group.bias.to(pre).reshape(group.shape)
-    return get_kind(group.kind).activation(pre, group)
+    return kind.activation(pre, group)
 
 
 def _sum_pre(group: Group, terms: list[Accumulate], values: dict[str, Tensor], batch: int) -> Tensor:
@@ -195,10 +197,15 @@ def _explicit(graph: Graph) -> dict[int, Sparse]:
 
 
 def _message_pass(
-    graph: Graph, group: Group, conns: list[Connection], values: dict[str, Tensor], batch: int, chunk: int
+    graph: Graph,
+    group: Group,
+    kind: NeuronKind,
+    conns: list[Connection],
+    values: dict[str, Tensor],
+    batch: int,
+    chunk: int,
 ) -> Tensor:
     "The pre-activation of `group`, aggregated over the explicit synapses of its incoming connections `conns`."
-    kind = get_kind(group.kind)
     agg = "sum" if kind.aggregate == "mean" or kind.slots > 1 else kind.aggregate
     explicit = _explicit(graph)
     like = next(iter(values.values()))
@@ -267,13 +274,15 @@ def _compact_step(graph: Graph, group: Group, fused: dict[int, Accumulate]) -> S
         terms = [fused.get(id(c)) or _sum_term(graph, c) for c in conns]
         activation = kind.activation
         return lambda values, batch, chunk: activation(_sum_pre(group, terms, values, batch), group)
-    return lambda values, batch, chunk: _activate(group, _compact_pre(graph, group, conns, values, batch))
+    return lambda values, batch, chunk: _activate(kind, group, _compact_pre(graph, group, kind, conns, values, batch))
 
 
 def _synapse_step(graph: Graph, group: Group) -> Step:
     "How synapse mode computes `group`: message passing over its explicit incoming synapses."
-    conns = graph.incoming(group.name)
-    return lambda values, batch, chunk: _activate(group, _message_pass(graph, group, conns, values, batch, chunk))
+    kind, conns = get_kind(group.kind), graph.incoming(group.name)
+    return lambda values, batch, chunk: _activate(
+        kind, group, _message_pass(graph, group, kind, conns, values, batch, chunk)
+    )
 
 
 def _plan(graph: Graph, mode: str, fuse: bool) -> _Plan:
@@ -432,11 +441,13 @@ class Runner:
         length, batch = sequences[0].shape[:2]
         first = self.step(*(s[length - 1 if reverse else 0] for s in sequences))  # checks shapes, binds the state
         plain = [n for n in self.graph.inputs if n not in (self.graph.metadata.get("recurrent_state") or {})]
-        seqs = {n: _as_input(self.graph, n, s.flatten(0, 1), self.device).unflatten(0, (length, batch))
-                for n, s in zip(plain, sequences, strict=True)}  # fmt: skip
+        steps = [_as_input(self.graph, n, s.flatten(0, 1), self.device).unflatten(0, (length, batch)).unbind()
+                 for n, s in zip(plain, sequences, strict=True)]  # fmt: skip
         plan, outs = _plan(self.graph, self.mode, fuse=True), [first] * length
         for t in range(length - 2, -1, -1) if reverse else range(1, length):
-            values = {n: seqs[n][t] for n in plain} | self.state
+            values = dict(self.state)
+            for name, seq in zip(plain, steps):
+                values[name] = seq[t]
             outs[t], self.state = _results(plan, _execute(plan, values, batch, 1 << 24))
         return outs
 
