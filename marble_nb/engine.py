@@ -89,8 +89,7 @@ def register_accumulator(*types: type) -> Callable[[Accumulator], Accumulator]:
     "Decorator: `fn(op, x, acc, src_shape, dst_shape)` returns `acc` + the weighted sum of `x` through `op` (acc None: the sum alone)."
 
     def decorator(fn: Accumulator) -> Accumulator:
-        for t in types:
-            ACCUMULATORS[t] = fn
+        ACCUMULATORS.update(dict.fromkeys(types, fn))
         return fn
 
     return decorator
@@ -287,11 +286,12 @@ def _synapse_step(graph: Graph, group: Group) -> Step:
 
 def _plan(graph: Graph, mode: str, fuse: bool) -> _Plan:
     "The graph's plan for `mode` (with fusions when `fuse`), built on first use and kept until the graph changes."
+    fuse = fuse and mode == "compact"  # synapse mode passes every message
     plans = graph.__dict__.setdefault("_plans", {})
     plan = plans.get((mode, fuse))
     if plan is None or not plan.valid_for(graph):
         _check_kinds(graph)
-        fused = _fusions(graph) if fuse and mode == "compact" else {}
+        fused = _fusions(graph) if fuse else {}
         away = {c.src for c in graph.connections if id(c) in fused}
         step = (lambda g: _compact_step(graph, g, fused)) if mode == "compact" else (lambda g: _synapse_step(graph, g))
         levels = [

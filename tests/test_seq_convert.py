@@ -101,14 +101,21 @@ def test_final_state_in_convert_model(cls, batch_first, bidirectional):
     torch.manual_seed(7)
     model = FinalStateClassifier(cls, batch_first, bidirectional).eval()
     x = torch.randn(4, 6, 3)
+    graph = assert_outputs_match(model, x)
+    for mode in MODES:
+        report = validate(model, graph, x, mode=mode)
+        assert report.passed, report
+
+
+def assert_outputs_match(model, x):
+    "Convert `model` on `x` and check every output against PyTorch in both engine modes; returns the graph."
     graph = convert_model(model, x)
     with torch.no_grad():
         want = model(x)
     for mode in MODES:
         for got, w in zip(run(graph, x, mode=mode), want, strict=True):
             torch.testing.assert_close(got, w, atol=1e-5, rtol=1e-4)
-        report = validate(model, graph, x, mode=mode)
-        assert report.passed, report
+    return graph
 
 
 class StackedTimeMajor(nn.Module):
@@ -125,14 +132,7 @@ class StackedTimeMajor(nn.Module):
 
 def test_time_major_layers_and_state_outputs():
     torch.manual_seed(8)
-    model = StackedTimeMajor().eval()
-    x = torch.randn(3, 5, 3)
-    graph = convert_model(model, x)
-    with torch.no_grad():
-        want = model(x)
-    for mode in MODES:
-        for got, w in zip(run(graph, x, mode=mode), want, strict=True):
-            torch.testing.assert_close(got, w, atol=1e-5, rtol=1e-4)
+    assert_outputs_match(StackedTimeMajor().eval(), torch.randn(3, 5, 3))
 
 
 class Picks(nn.Module):
