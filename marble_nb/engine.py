@@ -446,7 +446,7 @@ class Runner:
         plan, outs = _plan(self.graph, self.mode, fuse=True), [first] * length
         for t in range(length - 2, -1, -1) if reverse else range(1, length):
             values = dict(self.state)
-            for name, seq in zip(plain, steps):
+            for name, seq in zip(plain, steps, strict=True):
                 values[name] = seq[t]
             outs[t], self.state = _results(plan, _execute(plan, values, batch, 1 << 24))
         return outs
