@@ -20,7 +20,7 @@ $(STAMP): settings.ini setup.py requirements/constraints.txt requirements/dev.tx
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/marble-tour
+	$(BIN)/marble-demo
 
 test: $(STAMP)
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/test.sh

@@ -5,30 +5,31 @@
 # %% ../nbs/11_convert.ipynb #be00c5ed
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import itertools
 import logging
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.overrides import TorchFunctionMode
 
-from .graph import Graph, GraphBuilder, GraphSummary
+from .graph import Graph, GraphBuilder, GraphSummary, summary
 from .ops import Gather, Operator
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'register_module', 'register_function',
-           'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
+__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'HOLLOW_NEURONS', 'register_module',
+           'register_function', 'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
            'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'batch_anywhere', 'trace_fx',
-           'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
+           'trace_chain', 'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
 
 # %% ../nbs/11_convert.ipynb #7a1fd85a
 Converter = Callable[["Context", "Call"], "Value"]
@@ -76,9 +77,11 @@ BUILTIN_CONVERTERS = [  # modules whose import registers the built-in converters
 def load_builtin_converters() -> None:
     "Import the modules that register the built-in converters (they import this one, so they load on first use)."
     import importlib
+    import sys
 
     for name in BUILTIN_CONVERTERS:
-        importlib.import_module(name)
+        if name not in sys.modules:  # the cheap check first: this runs on every conversion
+            importlib.import_module(name)
 
 
 def module_converter(module: nn.Module) -> Converter | None:
@@ -193,46 +196,99 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname) and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
 
 
-def _per_sample(meta: Any) -> tuple[tuple[int, ...] | None, torch.dtype | None]:
-    if meta is None or not hasattr(meta, "shape"):
+def _per_sample(value: Any) -> tuple[tuple[int, ...] | None, torch.dtype | None]:
+    "Per-sample shape (batch dim removed) and dtype of a result, or (None, None) when it is not a tensor."
+    if not isinstance(value, Tensor):
         return None, None
-    return tuple(meta.shape[1:]), meta.dtype
+    return tuple(value.shape[1:]), value.dtype
 
 
 def trace_fx(model: nn.Module, example: tuple[Tensor, ...]) -> list[Call]:
     "Symbolically trace `model` and measure every result's shape by running `example` through the trace."
-    graph = _Tracer().trace(model)
-    gm = fx.GraphModule(model, graph)
-    ShapeProp(gm).propagate(*example)
+    nodes = list(_Tracer().trace(model).nodes)
+    last_use = {n: i for i, node in enumerate(nodes) for n in node.all_input_nodes}
     index: dict[fx.Node, int] = {}
+    values: dict[fx.Node, Any] = {}
+    inputs = iter(example)
     calls: list[Call] = []
 
     def arg(a: Any) -> Any:
         return fx.node.map_arg(a, lambda n: Ref(index[n]))
 
-    for node in gm.graph.nodes:
-        shape, dtype = _per_sample(node.meta.get("tensor_meta"))
-        if node.op == "placeholder":
-            call = Call("input", node.name, shape=shape, dtype=dtype, path=node.name)
-        elif node.op == "call_module":
-            call = Call(
-                "module", gm.get_submodule(node.target), arg(node.args), arg(node.kwargs), shape, dtype, node.target
-            )
-        elif node.op == "call_function":
-            call = Call("function", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
-        elif node.op == "call_method":
-            call = Call("method", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
-        elif node.op == "get_attr":
-            call = Call("constant", _fetch_attr(gm, node.target), path=node.target)
-        else:
-            call = Call("output", None, arg(node.args), path="output")
-        index[node] = len(calls)
-        calls.append(call)
+    with torch.no_grad():
+        for i, node in enumerate(nodes):
+            values[node] = value = _run_node(model, node, values, inputs)
+            shape, dtype = _per_sample(value)
+            if node.op == "placeholder":
+                call = Call("input", node.name, shape=shape, dtype=dtype, path=node.name)
+            elif node.op == "call_module":
+                target = model.get_submodule(node.target)
+                call = Call("module", target, arg(node.args), arg(node.kwargs), shape, dtype, node.target)
+            elif node.op == "call_function":
+                call = Call("function", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
+            elif node.op == "call_method":
+                call = Call("method", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
+            elif node.op == "get_attr":
+                call = Call("constant", value, path=node.target)
+            else:
+                call = Call("output", None, arg(node.args), path="output")
+            index[node] = len(calls)
+            calls.append(call)
+            for n in node.all_input_nodes:  # free each intermediate result after its last reader
+                if last_use[n] == i:
+                    del values[n]
     return calls
 
 
-def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
+def _run_node(model: nn.Module, node: fx.Node, values: dict[fx.Node, Any], inputs: Iterator[Tensor]) -> Any:
+    "The result of one traced node on the example: what `ShapeProp` measures, without building a `GraphModule`."
+    if node.op == "placeholder":
+        return next(inputs, node.args[0] if node.args else None)  # a missing input takes forward's default
+    if node.op == "get_attr":
+        return _fetch_attr(model, node.target)
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
+    if node.op == "call_module":
+        return model.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return None
+
+
+def _chain(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | None:
+    "The registered layers a plain `nn.Sequential` runs one after another (nested ones flattened), else None."
+    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
+        return None
+    layers: list[tuple[str, nn.Module]] = []
+    for name, m in model._modules.items():
+        if module_converter(m) is not None:
+            layers.append((prefix + name, m))
+            continue
+        inner = _chain(m, f"{prefix}{name}.")
+        if inner is None:
+            return None
+        layers += inner
+    return layers
+
+
+def trace_chain(layers: list[tuple[str, nn.Module]], example: Tensor) -> list[Call]:
+    "The calls of a chain of registered layers (see `_chain`), each measured by running it on the previous output."
+    x = example
+    calls = [Call("input", "input", shape=tuple(x.shape[1:]), dtype=x.dtype, path="input")]
+    with torch.no_grad():
+        for path, m in layers:
+            x = m(x)
+            shape, dtype = _per_sample(x)
+            calls.append(Call("module", m, (Ref(len(calls) - 1),), {}, shape, dtype, path))
+    calls.append(Call("output", None, (Ref(len(calls) - 1),), path="output"))
+    for c in calls[:-1]:
+        c.users = 1  # each result is read by the next call only
+    return calls
+
+
+def _fetch_attr(model: nn.Module, target: str) -> Any:
+    obj: Any = model
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj.detach() if isinstance(obj, Tensor) else obj
@@ -394,9 +450,12 @@ class _Root(nn.Module):
 
 
 def trace(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[list[Call], str]:
-    "Trace with torch.fx, falling back to recording a run; returns the calls and the method used."
+    "Trace `model` (a `Sequential` chain directly, else torch.fx, else a recorded run); returns the calls and the method."
+    layers = _chain(model) if len(example) == 1 else None
     if module_converter(model) is not None:  # one registered layer: recording its single call is exact
         calls, method = trace_by_running(_Root(model), example), "recorded run"
+    elif layers is not None:  # a plain Sequential of registered layers: its calls are known without tracing
+        return trace_chain(layers, example[0]), "sequential"
     else:
         calls, method = _trace_fx_or_record(model, example)
     for c in calls:
@@ -463,16 +522,64 @@ class ConvertConfig:
         return getattr(torch, self.dtype)
 
 
+_META, _CPU = torch.device("meta"), torch.device("cpu")
+
+
+def _shapes_only(op: Operator) -> Operator:
+    "A copy of `op` whose tensors keep only their shapes (the meta device), made without re-running its checks."
+    hollow = copy.copy(op)  # not `op.to("meta")`: an operator may read its values when built
+    for name, t in op.tensors().items():
+        object.__setattr__(hollow, name, t.to(_META))
+    return hollow
+
+
+HOLLOW_NEURONS = 1 << 16  # a dry run drops the tensors of new groups once they hold this many neurons (~256 kB)
+
+
 class Context:
     "What a converter works with: the graph under construction, the converted inputs, helpers."
 
-    def __init__(self, graph: Graph, config: ConvertConfig, device: Any):
+    def __init__(self, graph: Graph, config: ConvertConfig, device: Any, dry_run: bool = False):
         self.graph, self.config, self.device = graph, config, device
         self.builder = GraphBuilder(graph.name, bias_neurons=config.bias_neurons, dtype=config.torch_dtype)
         self.builder.graph = graph
         self.values: list[Any] = []
         self.call: Call | None = None
         self.producer: dict[str, Call] = {}  # group -> the call that created it (for fusion)
+        self.dry_run = dry_run  # True: tensors are dropped after each call (see `hollow`), only counts are kept
+        self.synapse_counts: dict[Operator, int] = {}  # dry run: synapses of every hollowed operator
+        self._hollowed = (0, 0)  # dry run: connections and groups already hollowed
+        self._pending = (0, 0)  # dry run: groups looked at, and the neurons of those not yet hollowed
+
+    def hollow(self, min_neurons: int = 0) -> None:
+        """Dry run: count the synapses of the connections made since the last hollowing, then keep only the
+        shapes of their tensors and of the new groups' (the `meta` device) — once the new groups hold at least
+        `min_neurons` neurons, so that small layers are batched (their tensors are O(neurons), and moving
+        them costs more than they weigh)."""
+        graph, counts = self.graph, self.synapse_counts
+        (n_conns, n_groups), (n_seen, pending) = self._hollowed, self._pending
+        pending += sum(g.size for g in itertools.islice(graph.groups.values(), n_seen, None))
+        self._pending = (len(graph.groups), pending)
+        if pending < min_neurons:
+            return
+        for c in graph.connections[n_conns:]:
+            n = graph._count(c)
+            c.op = _shapes_only(c.op)
+            counts[c.op] = n
+        for g in itertools.islice(graph.groups.values(), n_groups, None):
+            if g.bias is not None:
+                g.bias = g.bias.to(_META)
+            if g.params:
+                g.params = {k: t.to(_META) for k, t in g.params.items()}
+        self._hollowed, self._pending = (len(graph.connections), len(graph.groups)), (len(graph.groups), 0)
+
+    def summary(self) -> GraphSummary:
+        "The per-group counts of the graph built so far (in a dry run, from the counts taken before hollowing)."
+        if not self.dry_run:
+            return self.graph.summary()
+        counts, graph = self.synapse_counts, self.graph
+        # not counted yet: connections made since the last hollowing (their tensors are real)
+        return summary(graph, count=lambda c: counts[c.op] if c.op in counts else graph._count(c))
 
     # -- inputs -----------------------------------------------------------------------------------
     def arg(self, i: int = 0, default: Any = None) -> Any:
@@ -524,6 +631,7 @@ class Context:
         self.graph.connect(src, dst, op.to(self.device, self.config.torch_dtype), slot)
 
     def bias(self, group: str, bias: Tensor | None) -> None:
+        "Give `group` this bias (per neuron, or per channel of a (C, …) group) as configured."
         if bias is not None:
             self.builder.bias(group, bias.detach().to(self.device))
 
@@ -601,14 +709,19 @@ class Context:
         )
 
 # %% ../nbs/11_convert.ipynb #9a72cd99
+def _modules(model: nn.Module) -> list[nn.Module]:
+    "`model` and all its submodules (a plain walk: `Module.modules()` costs microseconds per module)."
+    out, stack = [], [model]
+    while stack:
+        m = stack.pop()
+        out.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return out
+
+
 def _check_supported(calls: list[Call]) -> None:
     "Raise one UnsupportedLayerError naming every operation without a converter, with all places it occurs."
     missing: dict[tuple[str, str], list[str]] = {}
-    known = dict(
-        module=[t.__name__ for t in MODULES],
-        function=[_qualname(f) for f in FUNCTIONS],
-        method=[f"Tensor.{m}" for m in METHODS],
-    )
     for c in calls:
         unsupported = (
             (c.kind == "module" and module_converter(c.target) is None)
@@ -618,6 +731,11 @@ def _check_supported(calls: list[Call]) -> None:
         if unsupported:
             missing.setdefault((c.kind, c.describe()), []).append(c.path)
     if missing:
+        known = dict(
+            module=[t.__name__ for t in MODULES],
+            function=[_qualname(f) for f in FUNCTIONS],
+            method=[f"Tensor.{m}" for m in METHODS],
+        )
         kinds = {"module": "module", "function": "function", "method": "tensor method"}
         raise UnsupportedLayerError(
             [_unsupported_message(kinds[k], name, ", ".join(paths), known[k]) for (k, name), paths in missing.items()]
@@ -643,36 +761,49 @@ def convert_model(
     example_input: Tensor | tuple[Tensor, ...] | None = None,  # batch-first example(s), used to measure shapes
     *,
     config: ConvertConfig | dict | None = None,  # conversion options (see `ConvertConfig`)
-    dry_run: bool = False,  # return the per-group summary instead of the graph
+    dry_run: bool = False,  # return the per-group summary only: no graph is kept, no synapse is allocated
     validate: bool = False,  # run both and raise `ValidationError` if outputs differ beyond tolerance
     device: Any = None,  # where the graph's tensors live (default: where the weights are)
     name: str | None = None,  # the graph's name (default: the model's class name)
 ) -> Graph | GraphSummary:
     "Convert a PyTorch model into a MARBLE graph (or its summary with `dry_run=True`)."
-    config = config if isinstance(config, ConvertConfig) else ConvertConfig.from_dict(config or {})
+    if not isinstance(config, ConvertConfig):
+        config = ConvertConfig.from_dict(config) if config else ConvertConfig()
+    if dry_run and validate:
+        raise ValueError("dry_run=True builds no graph to validate: drop validate=True, or dry_run=True")
     load_builtin_converters()
+    modules = _modules(model)
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
+        device = next((p.device for m in modules for p in m._parameters.values() if p is not None), _CPU)
+    training = [m for m in modules if m.training]  # restored exactly afterwards
+    if training:
+        model.eval()
     try:
         example = _example_inputs(model, example_input, device)
         calls, method = trace(model, example)
         _check_supported(calls)
         graph = Graph(name or type(model).__name__, metadata=dict(source=type(model).__name__, traced_by=method))
-        ctx = Context(graph, config, device)
+        ctx = Context(graph, config, device, dry_run)
         for call in calls:
             ctx.call, ctx.config = call, config.for_call(call.path)
             ctx.values.append(_convert_call(ctx, call))
+            if dry_run:
+                ctx.hollow(min_neurons=HOLLOW_NEURONS)
     finally:
-        model.train(was_training)
-    log.info("converted %s (%s): %d groups, %s neurons, %s synapses", graph.name, method, len(graph.groups),
-             f"{graph.num_neurons():,}", f"{graph.num_synapses():,}")  # fmt: skip
+        for m in training:
+            m.training = True
+    if dry_run or log.isEnabledFor(logging.INFO):
+        counts = ctx.summary()
+        totals = counts.totals
+        log.info("converted %s (%s): %d groups, %s neurons, %s synapses%s", graph.name, method, len(graph.groups),
+                 f"{totals['neurons']:,}", f"{totals['synapses']:,}", " (dry run)" * dry_run)  # fmt: skip
+    if dry_run:
+        return counts
     if validate:
         from marble_nb.validate import validate as _validate
 
         _validate(model, graph, example, raise_on_failure=True, per_layer=False)
-    return graph.summary() if dry_run else graph
+    return graph
 
 
 def _convert_call(ctx: Context, call: Call) -> Any:
@@ -701,9 +832,12 @@ def _convert_call(ctx: Context, call: Call) -> Any:
         return _evaluate(call)  # arithmetic on sizes and constants: just compute it
     if call.kind in ("function", "method") and not any(isinstance(v, Value) for v in _flat_values(ctx, call)):
         return _evaluate(call, ctx.resolve(call.args), ctx.resolve(call.kwargs))
-    converter = {"module": lambda: module_converter(call.target), "function": lambda: FUNCTIONS[call.target],
-                 "method": lambda: METHODS[call.target]}[call.kind]()  # fmt: skip
-    log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
+    if call.kind == "module":
+        converter = module_converter(call.target)
+    else:
+        converter = FUNCTIONS[call.target] if call.kind == "function" else METHODS[call.target]
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
     _check_batch_dims(ctx, call, converter)
     try:
         value = converter(ctx, call)

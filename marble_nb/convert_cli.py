@@ -168,8 +168,9 @@ def convert_command(args: argparse.Namespace) -> int:
         return 0
     example = torch.rand(4, *shape, device=device)
     config = ConvertConfig(**options)
-    graph = convert_model(model, example[:1], config=config, device=device)
-    summary = graph.summary()
+    counts_only = args.dry_run or not (args.output or args.validate)  # no graph needed: a dry run allocates nothing
+    result = convert_model(model, example[:1], config=config, device=device, dry_run=counts_only)
+    summary = result if counts_only else result.summary()
     if args.dry_run or args.summary:
         print(repr(summary))
     if args.summary_csv:
@@ -178,9 +179,9 @@ def convert_command(args: argparse.Namespace) -> int:
         from marble_nb.inspect import save_counts_plot
 
         save_counts_plot(summary, args.summary_plot)
-    if args.dry_run:
+    if counts_only:
         return 0
-    status = 0
+    graph, status = result, 0
     if args.validate:
         report = validate(model, graph, example, rtol=rtol, atol=atol)
         print(repr(report))

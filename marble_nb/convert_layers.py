@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +26,15 @@ from marble_nb.convert import (
     register_module,
 )
 from .kinds import register_kind
-from .ops import Conv, Dense, Gather, Operator, Sparse, numel
+from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, ShapeError, Synapses, numel, window_taps
 
 # %% auto #0
 __all__ = ['convert_linear', 'convert_f_linear', 'convert_identity', 'convert_passthrough', 'check_conversion', 'convert_relu6',
            'convert_prelu', 'convert_conv', 'convert_f_conv', 'ConvTranspose', 'convert_conv_transpose',
            'convert_bilinear', 'convert_matmul', 'Pool', 'convert_maxpool', 'convert_avgpool', 'convert_f_maxpool',
-           'convert_f_avgpool', 'adaptive_windows', 'convert_adaptive_pool', 'convert_f_adaptive_pool', 'convert_view',
-           'convert_batchnorm', 'convert_layernorm', 'convert_groupnorm', 'convert_neg', 'convert_reduce']
+           'convert_f_avgpool', 'adaptive_windows', 'AdaptivePool', 'convert_adaptive_pool', 'convert_f_adaptive_pool',
+           'convert_view', 'convert_batchnorm', 'convert_layernorm', 'convert_groupnorm', 'convert_neg', 'Reduce',
+           'convert_reduce']
 
 # %% ../nbs/12_convert_layers.ipynb #5894f6e0
 def _linear(ctx: Context, x: Value, weight: Tensor, bias: Tensor | None) -> Value:
@@ -277,8 +279,6 @@ class ConvTranspose(Operator):
         ))  # fmt: skip
 
     def check_shapes(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> None:
-        from marble_nb.ops import ShapeError
-
         if tuple(dst_shape) != self.output_shape(src_shape):
             raise ShapeError(f"ConvTranspose on {src_shape} gives {self.output_shape(src_shape)}, not {dst_shape}")
 
@@ -296,8 +296,6 @@ class ConvTranspose(Operator):
         return self._adjoint().num_synapses(dst_shape, src_shape)
 
     def synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = 1 << 22):
-        from marble_nb.ops import Synapses
-
         for b in self._adjoint().synapses(dst_shape, src_shape, chunk):
             yield Synapses(b.dst, b.src, b.weight)
 
@@ -361,8 +359,6 @@ class Pool(Operator):
         return (src_shape[0], *out)
 
     def check_shapes(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> None:
-        from marble_nb.ops import ShapeError
-
         if len(src_shape) != len(self.kernel) + 1 or tuple(dst_shape) != self.output_shape(src_shape):
             raise ShapeError(f"Pool {self.kernel} on {src_shape} gives {self.output_shape(src_shape)}, not {dst_shape}")
 
@@ -392,11 +388,11 @@ class Pool(Operator):
         return super().reduce(x, src_shape, dst_shape, aggregate)
 
     def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
-        return self._taps(src_shape).num_synapses(src_shape, dst_shape)
+        taps = window_taps(tuple(src_shape[1:]), tuple(dst_shape[1:]), self.kernel, self.stride, self.padding,
+                           self.dilation)  # fmt: skip
+        return src_shape[0] * taps
 
     def synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = 1 << 22):
-        from marble_nb.ops import Synapses
-
         per_target = self._avg_weights(src_shape, dst_shape) if self.mode == "avg" else None
         for b in self._taps(src_shape).synapses(src_shape, dst_shape, chunk):
             w = per_target[b.dst] if per_target is not None else torch.ones(len(b))
@@ -478,14 +474,73 @@ def adaptive_windows(src_shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[
     return (ch * n_in + src).reshape(-1), (ch * n_out + dst).reshape(-1), size.repeat(c)
 
 
+@dataclass(eq=False)
+class AdaptivePool(Operator):
+    "Adaptive average or max pooling of every channel to the spatial size `out` (1-d to 3-d), as PyTorch pools."
+
+    out: tuple[int, ...]
+    mode: str = "avg"  # "avg" (weight 1/window size, summed) or "max" (weight 1, into `max` neurons)
+
+    def __post_init__(self) -> None:
+        self.out = tuple(int(o) for o in self.out)
+        if self.mode not in ("avg", "max") or not 1 <= len(self.out) <= 3:
+            raise ValueError(
+                f"AdaptivePool needs mode 'avg' or 'max' and 1-3 output sizes, got {self.mode!r}, {self.out}"
+            )
+
+    def check_shapes(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> None:
+        if len(src_shape) != len(self.out) + 1 or tuple(dst_shape) != (src_shape[0], *self.out):
+            raise ShapeError(
+                f"AdaptivePool to {self.out} connects (C, {len(self.out)} spatial dims) to (C, *{self.out}), "
+                f"not {src_shape} -> {dst_shape}"
+            )
+
+    def _window_sizes(self, src_shape: tuple[int, ...]) -> Tensor:
+        "Inputs per window, for every target of one channel (flat)."
+        size = torch.ones(())
+        for length, n in zip(src_shape[1:], self.out, strict=True):
+            ends = [(-(-((i + 1) * length) // n)) - (i * length) // n for i in range(n)]
+            size = (size[..., None] * torch.tensor(ends, dtype=torch.float32)).reshape(-1)
+        return size
+
+    def _kernel(self, x: Tensor, src_shape: tuple[int, ...], mode: str) -> Tensor:
+        nd = len(self.out)
+        x = x.reshape(x.shape[0], *src_shape)
+        if mode == "max":
+            return (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[nd - 1](x, self.out)
+        return (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[nd - 1](x, self.out)
+
+    def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
+        mean = self._kernel(x, src_shape, "avg")
+        if self.mode == "avg":
+            return mean
+        return mean * self._window_sizes(src_shape).to(mean).reshape(self.out)  # weight 1: the window's sum
+
+    def reduce(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], aggregate: str) -> Tensor:
+        if self.mode == "max" and aggregate == "max":
+            return self._kernel(x, src_shape, "max")
+        return super().reduce(x, src_shape, dst_shape, aggregate)
+
+    def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
+        return src_shape[0] * int(self._window_sizes(src_shape).sum())
+
+    def synapses(
+        self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = DEFAULT_CHUNK
+    ) -> Iterator[Synapses]:
+        src1, dst1, size1 = adaptive_windows((1, *src_shape[1:]), self.out)  # the taps of one channel
+        weight1 = torch.ones_like(size1) if self.mode == "max" else 1.0 / size1
+        n_in, n_out, c = numel(src_shape[1:]), numel(self.out), src_shape[0]
+        step = max(1, chunk // max(src1.numel(), 1))
+        for c0 in range(0, c, step):
+            ch = torch.arange(c0, min(c, c0 + step))[:, None]
+            yield Synapses((ch * n_in + src1).reshape(-1), (ch * n_out + dst1).reshape(-1), weight1.repeat(ch.numel()))
+
+
 def _adaptive(ctx: Context, x: Value, output_size: Any, mode: str) -> Value:
     nd = len(x.shape) - 1
     out = tuple(o if o is not None else n for o, n in zip(_tuple(output_size, nd), x.shape[1:], strict=True))
-    src, dst, size = adaptive_windows(x.shape, out)
-    weight = torch.ones_like(size) if mode == "max" else 1.0 / size
-    shape = (x.shape[0], *out)
-    group = ctx.new_group(shape, "max" if mode == "max" else "identity")
-    ctx.connect(ctx.source(x), group, Sparse.from_coo(src, dst, weight, numel(shape), numel(x.shape)))
+    group = ctx.new_group((x.shape[0], *out), "max" if mode == "max" else "identity")
+    ctx.connect(ctx.source(x), group, AdaptivePool(out, mode))
     return ctx.result(group)
 
 
@@ -583,6 +638,11 @@ def _fold(ctx: Context, x: Value, scale: Tensor, shift: Tensor) -> bool:
             or group.kind != "identity" or len(conns) != 1 or not isinstance(conns[0].op, (Conv, Dense))
             or x.group in ctx.graph.outputs):  # fmt: skip
         return False
+    group.origin, group.origin_type = ctx.call.path, f"{group.origin_type}+{ctx.call.describe()}"
+    ctx.graph._changed()
+    if ctx.dry_run:  # counts only: the folded values are never computed; the group now has a bias to count
+        group.bias = torch.empty(group.size, device="meta") if group.bias is None else group.bias
+        return True
     op = conns[0].op
     w_scale = (
         scale.reshape(-1, *([1] * (op.weight.dim() - 1)))
@@ -590,10 +650,8 @@ def _fold(ctx: Context, x: Value, scale: Tensor, shift: Tensor) -> bool:
         else _per_neuron(scale, group.shape)[:, None]
     )
     conns[0].op = type(op)(**{**op.tensors(), **op.settings(), "weight": op.weight * w_scale.to(op.weight)})
-    bias = group.bias if group.bias is not None else torch.zeros(group.size, device=scale.device)
+    bias = group.bias if group.bias is not None else torch.zeros(group.size, device=op.weight.device)
     group.bias = bias * _per_neuron(scale, group.shape).to(bias) + _per_neuron(shift, group.shape).to(bias)
-    group.origin, group.origin_type = ctx.call.path, f"{group.origin_type}+{ctx.call.describe()}"
-    ctx.graph._changed()
     return True
 
 
@@ -738,6 +796,47 @@ def convert_neg(ctx: Context, call: Call) -> Value:
     return ctx.result(dst)
 
 
+@dataclass(eq=False)
+class Reduce(Operator):
+    "Sum over the per-sample dims `dims` times `scale` (a mean when `scale` is 1/count): one synapse per source."
+
+    dims: tuple[int, ...]  # reduced dims of the source's per-sample shape (0 = the first per-sample dim)
+    scale: float = 1.0  # the weight of every synapse
+
+    def __post_init__(self) -> None:
+        self.dims = tuple(int(d) for d in self.dims)
+
+    def _kept(self, src_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(1 if i in self.dims else n for i, n in enumerate(src_shape))
+
+    def check_shapes(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> None:
+        if any(not 0 <= d < len(src_shape) for d in self.dims) or numel(dst_shape) != numel(self._kept(src_shape)):
+            raise ShapeError(
+                f"Reduce over dims {self.dims} of {src_shape} gives {self._kept(src_shape)}, not {dst_shape}"
+            )
+
+    def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
+        x = x.reshape(x.shape[0], *src_shape)
+        return (x.sum([d + 1 for d in self.dims]) * self.scale).reshape(x.shape[0], *dst_shape)
+
+    def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
+        return numel(src_shape)
+
+    def synapses(
+        self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = DEFAULT_CHUNK
+    ) -> Iterator[Synapses]:
+        kept = self._kept(src_shape)
+        kept_strides = [numel(kept[i + 1 :]) for i in range(len(kept))]
+        for s0 in range(0, numel(src_shape), chunk):
+            src = torch.arange(s0, min(numel(src_shape), s0 + chunk))
+            rest, dst = src.clone(), torch.zeros_like(src)
+            for i in reversed(range(len(src_shape))):  # unravel the source position; reduced dims collapse to 0
+                if i not in self.dims:
+                    dst += (rest % src_shape[i]) * kept_strides[i]
+                rest = rest // src_shape[i]
+            yield Synapses(src, dst, torch.full((src.numel(),), float(self.scale)))
+
+
 @register_function(torch.mean, torch.sum)
 @register_method("mean", "sum")
 def convert_reduce(ctx: Context, call: Call) -> Value:
@@ -748,16 +847,9 @@ def convert_reduce(ctx: Context, call: Call) -> Value:
     dims = [d if d >= 0 else d + len(x.shape) + 1 for d in _tuple(dims, 1)]
     if 0 in dims:
         raise ConversionError(f"{call.describe()} at {call.path}: cannot reduce over the batch dimension")
-    ids = torch.arange(numel(x.shape)).reshape(1, *x.shape)
-    keep = torch.ones_like(ids)
-    for d in dims:
-        keep = keep.narrow(d, 0, 1)
-    dst_of = torch.arange(keep.numel()).reshape(keep.shape).expand(ids.shape).reshape(-1)
     n = math.prod(x.shape[d - 1] for d in dims)
     name = getattr(call.target, "__name__", call.target)
-    weight = torch.full((ids.numel(),), 1.0 / n if "mean" in str(name) else 1.0)
     group = ctx.new_group(tuple(call.shape))
-    ctx.connect(
-        ctx.source(x), group, Sparse.from_coo(torch.arange(ids.numel()), dst_of, weight, keep.numel(), ids.numel())
-    )
+    op = Reduce(tuple(sorted(d - 1 for d in dims)), 1.0 / n if "mean" in str(name) else 1.0)
+    ctx.connect(ctx.source(x), group, op)
     return ctx.result(group)

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from .augment import Augment
 from .cache import cached_frames
@@ -35,6 +36,8 @@ class GuardedFrames(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):  # plain iteration stops on IndexError: keep it one
+            raise IndexError(f"index {index} is out of range for {len(self)} samples")
         try:
             frames, label = self.source[index]
         except Exception as err:
@@ -43,18 +46,27 @@ class GuardedFrames(Dataset):
         return torch.as_tensor(np.asarray(frames), dtype=torch.float32), int(label)
 
 
-class StoppingDataLoader(DataLoader):
-    """A DataLoader that stops its worker processes as soon as iteration raises, not when garbage collected."""
+class _StoppingIterator(_MultiProcessingDataLoaderIter):
+    """torch's multi-process iterator, except that any error stops and joins the workers before it propagates.
 
-    def __iter__(self):
-        iterator = super().__iter__()
+    torch itself stops them only when the iterator is garbage collected, and the raised exception's traceback
+    keeps the iterator alive: the workers outlive the error for as long as the exception is referenced."""
+
+    def __next__(self):
         try:
-            yield from iterator
-        except BaseException:
-            shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process iterators only
-            if shutdown is not None:
-                shutdown()
+            return super().__next__()
+        except StopIteration:
             raise
+        except BaseException:
+            self._shutdown_workers()
+            raise
+
+
+class StoppingDataLoader(DataLoader):
+    """A DataLoader whose worker processes are stopped as soon as iteration raises."""
+
+    def _get_iterator(self):
+        return _StoppingIterator(self) if self.num_workers > 0 else super()._get_iterator()
 
 
 class AugmentedFrames:
@@ -127,7 +139,7 @@ class EventDataModule(L.LightningDataModule):
         if not self.splits:
             raise RuntimeError("Call setup() before asking for a dataloader.")
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        return StoppingDataLoader(
             self.splits[split],
             batch_size=self.batch_size,
             shuffle=shuffle,

@@ -5,10 +5,12 @@
 # %% ../nbs/31_datasets.ipynb #80c48ad0
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +22,11 @@ from .events import make_events
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'SENSOR_SIZE', 'SACCADE_CORNERS', 'NDIGITS_FOLDER', 'DATASETS', 'data_root', 'encode_nmnist', 'write_atomic',
-           'write_nmnist_bin', 'NDigitsConfig', 'saccade_offset', 'digit_canvases', 'shift_bilinear', 'simulate_dvs',
-           'make_ndigits', 'DatasetSpec', 'event_dataset']
+__all__ = ['log', 'SENSOR_SIZE', 'SACCADE_CORNERS', 'SACCADE_REACH', 'SIM_CHUNK', 'NDIGITS_FOLDER', 'DATASETS', 'AEDAT4_MAGIC',
+           'AEDAT4_EVENT', 'FIXTURE_SENSORS', 'data_root', 'encode_nmnist', 'write_atomic', 'write_nmnist_bin',
+           'NDigitsConfig', 'saccade_offset', 'bundled_digits', 'bilinear_matrix', 'digit_canvases', 'shift_bilinear',
+           'threshold_crossings', 'refractory_keep', 'simulate_dvs', 'make_ndigits', 'DatasetSpec', 'event_dataset',
+           'encode_aedat4', 'encode_dvsgesture_npy', 'write_fixture']
 
 # %% ../nbs/31_datasets.ipynb #815fd865
 def data_root(root: str | os.PathLike | None = None) -> Path:  # explicit root wins over the environment
@@ -50,31 +54,32 @@ def encode_nmnist(events: np.ndarray) -> bytes:  # structured events with x, y <
     return raw.tobytes()
 
 
-def write_atomic(path: Path, data: bytes) -> None:  # destination; file contents
+def write_atomic(path: Path, data: bytes) -> Path:  # destination; file contents
     """Write bytes through a temp file and `os.replace`, so readers never see a partial file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
         tmp.write(data)
     os.replace(tmp.name, path)
+    return path
 
 
 def write_nmnist_bin(path: str | os.PathLike, events: np.ndarray) -> Path:  # .bin destination; events
     """Write events as an NMNIST/N-Caltech101 `.bin` file (atomic)."""
-    path = Path(path)
-    write_atomic(path, encode_nmnist(events))
-    return path
+    return write_atomic(Path(path), encode_nmnist(events))
 
 # %% ../nbs/31_datasets.ipynb #c491f2b2
 @dataclass(frozen=True)
 class NDigitsConfig:
     """Parameters of the N-Digits simulation; their hash names the cached copy."""
 
-    digit_size: int = 26  # upsampled digit side in pixels
+    digit_size: int = 24  # upsampled digit side in pixels
     saccade_us: int = 100_000  # duration of one of the three saccades
-    dt_us: int = 3_000  # simulation step
-    contrast: float = 0.5  # log-intensity contrast threshold C
-    refractory_us: int = 3_000  # minimum time between two events of one pixel
-    noise_rate: float = 0.2  # background events per pixel per second
+    dt_us: int = 5_000  # simulation step (log intensity is linear in between)
+    contrast: float = 0.8  # log-intensity contrast threshold C
+    refractory_us: int = 1_000  # minimum time between two events of one pixel
+    noise_rate: float = 0.1  # background events per pixel per second
+    eps: float = 0.02  # offset inside the log, so that black is log(eps), not -inf
     test_every: int = 5  # every n-th sample goes to the test split
     seed: int = 0
 
@@ -87,6 +92,7 @@ class NDigitsConfig:
 
 SENSOR_SIZE = (34, 34, 2)
 SACCADE_CORNERS = np.array([[0.0, 0.0], [3.5, 7.0], [7.0, 0.0], [0.0, 0.0]])  # (x, y) pixel offsets
+SACCADE_REACH = 7  # largest offset along either axis
 
 
 def saccade_offset(t_us: np.ndarray, saccade_us: int) -> np.ndarray:  # times; duration of one saccade
@@ -96,67 +102,171 @@ def saccade_offset(t_us: np.ndarray, saccade_us: int) -> np.ndarray:  # times; d
     frac = (phase - leg)[..., None]
     return SACCADE_CORNERS[leg] * (1 - frac) + SACCADE_CORNERS[leg + 1] * frac
 
-# %% ../nbs/31_datasets.ipynb #57b280b3
-def digit_canvases(images: np.ndarray, digit_size: int) -> np.ndarray:  # (N, 8, 8) in 0..16; side in pixels
-    """Upsample digits bilinearly and place them top-left on a 34×34 float canvas in [0, 1]."""
-    import torch
-    import torch.nn.functional as F
+# %% ../nbs/31_datasets.ipynb #f3715432
+def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 bundled 8×8 digits: images (values 0-16) and labels, as `load_digits` gives them."""
+    import importlib.util
 
-    small = torch.as_tensor(images, dtype=torch.float32)[:, None] / 16.0
-    big = F.interpolate(small, size=(digit_size, digit_size), mode="bilinear", align_corners=False)[:, 0]
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "N-Digits is made from scikit-learn's bundled digits: pip install 'marble_nb[events]'."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():  # a scikit-learn whose files moved: its own loader reads the same data
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+
+# %% ../nbs/31_datasets.ipynb #57b280b3
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:  # input and output lengths
+    """(n_out, n_in) matrix resampling a line bilinearly, as `F.interpolate(mode="bilinear", align_corners=False)`."""
+    source = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+    low = np.floor(source).astype(int)
+    high, frac = np.minimum(low + 1, n_in - 1), source - low
+    matrix = np.zeros((n_out, n_in))
+    np.add.at(matrix, (np.arange(n_out), low), 1 - frac)
+    np.add.at(matrix, (np.arange(n_out), high), frac)
+    return matrix
+
+
+def digit_canvases(images: np.ndarray, digit_size: int) -> np.ndarray:  # (N, 8, 8) in 0..16; side in pixels
+    """Upsample digits bilinearly to intensities in [0, 1], centred in the part of the 34×34 sensor the saccades keep them in."""
+    room = SENSOR_SIZE[0] - SACCADE_REACH
+    if not 1 <= digit_size <= room:
+        raise ValueError(
+            f"digit_size must be in [1, {room}] so the saccades keep the digit on the sensor, got {digit_size}."
+        )
+    rows = bilinear_matrix(images.shape[1], digit_size)
+    cols = bilinear_matrix(images.shape[2], digit_size)
+    big = np.einsum("oi,nij,pj->nop", rows, np.asarray(images, dtype=np.float64) / 16.0, cols)
     canvas = np.zeros((len(images), SENSOR_SIZE[1], SENSOR_SIZE[0]), dtype=np.float32)
-    canvas[:, :digit_size, :digit_size] = big.numpy()
+    start = (room - digit_size) // 2
+    canvas[:, start : start + digit_size, start : start + digit_size] = big
     return canvas
+
+# %% ../nbs/31_datasets.ipynb #e5a7e841
+def _shift_axis(images: np.ndarray, shift: float, axis: int) -> np.ndarray:
+    whole, frac = int(shift), np.float32(shift - int(shift))
+    out, n = np.zeros_like(images), images.shape[axis]
+    for offset, weight in ((whole, 1 - frac), (whole + 1, frac)):
+        if weight and offset < n:
+            target, source = [slice(None)] * images.ndim, [slice(None)] * images.ndim
+            target[axis], source[axis] = slice(offset, None), slice(0, n - offset)
+            out[tuple(target)] += weight * images[tuple(source)]
+    return out
 
 
 def shift_bilinear(canvas: np.ndarray, dx: float, dy: float) -> np.ndarray:  # (N, H, W); shift in pixels
-    """Translate images by a sub-pixel (dx, dy) >= 0 with bilinear weights, zero fill."""
-    ix, iy, fx, fy = int(dx), int(dy), dx - int(dx), dy - int(dy)
-    out = np.zeros_like(canvas)
-    h, w = canvas.shape[1:]
-    for sy, sx, weight in (
-        (iy, ix, (1 - fy) * (1 - fx)),
-        (iy, ix + 1, (1 - fy) * fx),
-        (iy + 1, ix, fy * (1 - fx)),
-        (iy + 1, ix + 1, fy * fx),
-    ):
-        if weight and sy < h and sx < w:
-            out[:, sy:, sx:] += weight * canvas[:, : h - sy, : w - sx]
-    return out
+    """Translate images by a sub-pixel (dx, dy) >= 0 with bilinear weights (one axis at a time), zero fill."""
+    return _shift_axis(_shift_axis(canvas, dx, axis=2), dy, axis=1)
 
-# %% ../nbs/31_datasets.ipynb #e5a7e841
+# %% ../nbs/31_datasets.ipynb #0866894c
+def threshold_crossings(
+    log_before: np.ndarray,  # L(t_{k-1}), any shape
+    log_now: np.ndarray,  # L(t_k)
+    reference: np.ndarray,  # L_ref, updated in place
+    contrast: float,  # C
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat pixel, crossing order j (1-based) and time fraction in (0, 1] of every crossing in this step."""
+    steps = np.trunc((log_now - reference) / np.float32(contrast))
+    pixels = np.flatnonzero(steps)
+    n = steps.ravel()[pixels].astype(np.int64)
+    start = reference.ravel()[pixels]
+    reference.ravel()[pixels] = start + n * np.float32(contrast)
+    count = np.abs(n)
+    owner = np.repeat(np.arange(len(pixels)), count)
+    order = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count) + 1
+    before, now = log_before.ravel()[pixels][owner], log_now.ravel()[pixels][owner]
+    level = start[owner] + np.sign(n)[owner] * order * np.float32(contrast)
+    fraction = np.clip((level - before) / (now - before), 0, 1)
+    return pixels[owner], order, fraction
+
+
+def refractory_keep(
+    pixels: np.ndarray,  # flat pixel per crossing
+    order: np.ndarray,  # crossing order j per crossing (increasing in time for one pixel)
+    times: np.ndarray,  # crossing times
+    last_event: np.ndarray,  # last kept event time per flat pixel, updated in place
+    refractory: int,  # t_refr
+) -> np.ndarray:
+    """Mask of the crossings that become events: at least `refractory` after the pixel's previous event."""
+    keep = np.zeros(len(pixels), dtype=bool)
+    for j in range(1, int(order.max(initial=0)) + 1):
+        chosen = np.flatnonzero(order == j)
+        chosen = chosen[times[chosen] >= last_event[pixels[chosen]] + refractory]
+        keep[chosen] = True
+        last_event[pixels[chosen]] = times[chosen]
+    return keep
+
+# %% ../nbs/31_datasets.ipynb #ca086914
+SIM_CHUNK = 128  # samples simulated together: their arrays stay in the CPU cache through all the steps
+
+
+def _signal_events(canvas: np.ndarray, cfg: NDigitsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat pixel, time, ON?) of every event the pixel model emits for these canvases (deterministic)."""
+    eps = np.float32(cfg.eps)
+    log_before = np.log(canvas + eps)
+    reference = log_before.copy()
+    last_event = np.full(canvas.size, -(10**9), dtype=np.int64)
+    parts = []
+    for t in range(cfg.dt_us, 3 * cfg.saccade_us + 1, cfg.dt_us):
+        log_now = shift_bilinear(canvas, *saccade_offset(t, cfg.saccade_us))
+        log_now += eps
+        np.log(log_now, out=log_now)
+        pixels, order, fraction = threshold_crossings(log_before, log_now, reference, cfg.contrast)
+        times = t - cfg.dt_us + np.rint(fraction * cfg.dt_us).astype(np.int64)
+        keep = refractory_keep(pixels, order, times, last_event, cfg.refractory_us)
+        pixels, times = pixels[keep], times[keep]
+        parts.append((pixels, times, log_now.ravel()[pixels] > log_before.ravel()[pixels]))
+        log_before = log_now
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+
+
+def _noise_events(rng: np.random.Generator, n_samples: int, cfg: NDigitsConfig):
+    """(sample, pixel in the sample, time, ON?) of background events: Poisson per pixel, uniform in time."""
+    width, height = SENSOR_SIZE[:2]
+    counts = rng.poisson(cfg.noise_rate * width * height * 3 * cfg.saccade_us * 1e-6, n_samples)
+    total = int(counts.sum())
+    sample = np.repeat(np.arange(n_samples), counts)
+    return (
+        sample,
+        rng.integers(0, width * height, total),
+        rng.integers(1, 3 * cfg.saccade_us + 1, total),
+        rng.random(total) < 0.5,
+    )
+
+
+def _split_by_sample(sample, pixel, time, polarity, n_samples: int) -> list[np.ndarray]:
+    """Structured events per sample, each sorted by time (ties keep their order)."""
+    order = np.argsort(sample * (int(time.max(initial=0)) + 1) + time, kind="stable")
+    sample, pixel, time, polarity = sample[order], pixel[order], time[order], polarity[order]
+    y, x = np.divmod(pixel, SENSOR_SIZE[0])
+    bounds = np.searchsorted(sample, np.arange(1, n_samples))
+    columns = [np.split(c, bounds) for c in (x, y, time, polarity)]
+    return [make_events(*c) for c in zip(*columns, strict=True)]
+
+
 def simulate_dvs(canvas: np.ndarray, cfg: NDigitsConfig, progress: bool = True) -> list[np.ndarray]:
-    """Events per sample from moving each canvas along the saccades through a DVS pixel model."""
+    """Events per sample from moving each canvas along the saccades through the DVS pixel model (see formula)."""
     from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(cfg.seed)
-    eps = np.float32(0.05)
-    log_ref = np.log(canvas + eps)
-    size = canvas.size
-    last_event = np.full(canvas.shape, -(10**9), dtype=np.int64)
-    parts = []
-    steps = np.arange(cfg.dt_us, 3 * cfg.saccade_us + 1, cfg.dt_us)
-    noise_p = cfg.noise_rate * cfg.dt_us * 1e-6
-    for t in tqdm(steps, desc="N-Digits: simulating", disable=not progress, leave=False):
-        dx, dy = saccade_offset(t, cfg.saccade_us)
-        diff = np.log(shift_bilinear(canvas, dx, dy) + eps) - log_ref
-        ready = (t - last_event) >= cfg.refractory_us
-        fire = (np.abs(diff) >= cfg.contrast) & ready
-        noise = np.zeros(size, dtype=bool)
-        noise[rng.integers(0, size, rng.binomial(size, noise_p))] = True
-        noise = noise.reshape(canvas.shape) & ~fire
-        sample, y, x = np.nonzero(fire | noise)
-        polarity = np.where(fire[sample, y, x], diff[sample, y, x] > 0, rng.random(len(sample)) < 0.5)
-        log_ref[fire] += np.where(diff[fire] > 0, np.float32(cfg.contrast), np.float32(-cfg.contrast))
-        last_event[fire | noise] = t
-        stamp = t - cfg.dt_us + rng.integers(0, cfg.dt_us, len(sample))
-        parts.append(np.stack([sample, x, y, stamp, polarity.astype(np.int64)], axis=1))
-    table = np.concatenate(parts)
-    table = table[np.lexsort((table[:, 3], table[:, 0]))]
-    splits = np.searchsorted(table[:, 0], np.arange(1, len(canvas)))
-    return [make_events(s[:, 1], s[:, 2], s[:, 3], s[:, 4]) for s in np.split(table, splits)]
+    plane = canvas.shape[1] * canvas.shape[2]
+    noise = _noise_events(np.random.default_rng(cfg.seed), len(canvas), cfg)
+    events = []
+    for start in tqdm(range(0, len(canvas), SIM_CHUNK), desc="N-Digits: simulating", disable=not progress, leave=False):
+        chunk = canvas[start : start + SIM_CHUNK]
+        pixel, time, on = _signal_events(chunk, cfg)
+        lo, hi = np.searchsorted(noise[0], [start, start + len(chunk)])
+        sample = np.concatenate([pixel // plane, noise[0][lo:hi] - start])
+        columns = np.concatenate([pixel % plane, noise[1][lo:hi]]), np.concatenate([time, noise[2][lo:hi]])
+        events += _split_by_sample(sample, *columns, np.concatenate([on, noise[3][lo:hi]]), len(chunk))
+    return events
 
-# %% ../nbs/31_datasets.ipynb #b0107614
+# %% ../nbs/31_datasets.ipynb #e0266ba4
 NDIGITS_FOLDER = "NDigits"
 
 
@@ -175,30 +285,42 @@ def _write_ndigits_tree(
     (directory / "ndigits.json").write_text(json.dumps({"config": asdict(cfg), "key": cfg.key()}, indent=1))
 
 
+def _ndigits_ready(folder: Path, cfg: NDigitsConfig) -> bool:
+    """Whether `folder` holds a complete N-Digits copy made with `cfg` (the marker is written last)."""
+    marker = folder / "ndigits.json"
+    return marker.exists() and json.loads(marker.read_text()).get("key") == cfg.key()
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Move the finished `staging` tree to `final`, replacing an outdated copy."""
+    if final.exists():
+        outdated = final.with_name(f".{final.name}-old-{os.getpid()}")
+        os.replace(final, outdated)
+        shutil.rmtree(outdated)
+    os.replace(staging, final)
+
+
 def make_ndigits(
     root: str | os.PathLike | None = None,  # data root (default: `data_root()`)
     cfg: NDigitsConfig = NDigitsConfig(),  # simulation parameters
     progress: bool = True,  # show tqdm bars
     force: bool = False,  # regenerate even if a matching copy exists
 ) -> Path:
-    """Generate N-Digits once into `root/NDigits` in NMNIST layout (atomic; reused while the config matches)."""
-    from sklearn.datasets import load_digits
+    """Generate N-Digits once into `root/NDigits` in NMNIST layout (atomic; reused while the config matches).
 
+    The tree is written in a hidden staging folder and renamed into place, so an interrupted run
+    (Ctrl-C included) leaves either the previous copy or nothing, never a partial dataset."""
     final = data_root(root) / NDIGITS_FOLDER
-    marker = final / "ndigits.json"
-    if not force and marker.exists() and json.loads(marker.read_text()).get("key") == cfg.key():
+    if not force and _ndigits_ready(final, cfg):
         return final
-    digits = load_digits()
-    events = simulate_dvs(digit_canvases(digits.images, cfg.digit_size), cfg, progress)
+    images, labels = bundled_digits()
+    events = simulate_dvs(digit_canvases(images, cfg.digit_size), cfg, progress)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".NDigits-"))
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{NDIGITS_FOLDER}-"))
     try:
-        _write_ndigits_tree(staging, events, digits.target, cfg, progress)
-        if final.exists():
-            old = final.with_name(f".{NDIGITS_FOLDER}-old-{os.getpid()}")
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(staging, final)
+        _write_ndigits_tree(staging, events, labels, cfg, progress)
+        if force or not _ndigits_ready(final, cfg):  # another process may have finished the same copy meanwhile
+            _swap_in(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("N-Digits written to %s", final)
@@ -290,3 +412,112 @@ def event_dataset(
         make_ndigits(root)
     kwargs = {"train": split == "train"} if spec.has_split else {}
     return _offline_class(spec)(str(root), transform=transform, **kwargs)
+
+# %% ../nbs/31_datasets.ipynb #a3f45ffd
+AEDAT4_MAGIC = b"#!AER-DAT4.0\r\n"
+AEDAT4_EVENT = np.dtype({"names": ["t", "x", "y", "on"], "formats": ["<i8", "<i2", "<i2", "u1"], "itemsize": 16})
+
+
+def _aedat4_ioheader(width: int, height: int) -> bytes:
+    """FlatBuffers `IOHeader` table: no compression, no file data table, one event stream described in XML."""
+    description = (
+        '<dv version="2.0"><node name="outInfo" path="/mainloop/Recorder/outInfo/">'
+        '<node name="0" path="/mainloop/Recorder/outInfo/0/">'
+        '<attr key="compression" type="string">NONE</attr>'
+        '<attr key="originalModuleName" type="string">marble_nb</attr>'
+        '<attr key="typeIdentifier" type="string">EVTS</attr>'
+        '<node name="info" path="/mainloop/Recorder/outInfo/0/info/">'
+        f'<attr key="sizeX" type="int">{width}</attr><attr key="sizeY" type="int">{height}</attr>'
+        "</node></node></node></dv>"
+    ).encode()
+    # root offset, identifier, vtable (4 u16 + 3 field offsets), padding, table at 24, string at 44
+    head = struct.pack("<I4sHHHHH6x", 24, b"IOHE", 10, 20, 4, 8, 16)
+    table = struct.pack("<iiqI", 24 - 8, 0, -1, 44 - 40)
+    string = struct.pack("<I", len(description)) + description + b"\0"
+    return head + table + string + b"\0" * (-len(string) % 4)
+
+
+def _aedat4_event_packet(events: np.ndarray) -> bytes:
+    """Size-prefixed FlatBuffers `EventPacket`: vtable at 12, table at 20, struct vector at 28 (elements 8-aligned)."""
+    elements = np.zeros(len(events), dtype=AEDAT4_EVENT)
+    elements["t"], elements["x"], elements["y"], elements["on"] = events["t"], events["x"], events["y"], events["p"]
+    body = elements.tobytes()
+    head = struct.pack("<II4sHHH2xiII", 28 + len(body), 16, b"EVTS", 6, 8, 4, 20 - 12, 28 - 24, len(events))
+    return head + body
+
+
+def encode_aedat4(
+    events: np.ndarray,  # structured events with x, y, t (microseconds), p
+    sensor_size: tuple[int, int] = (128, 128),  # (width, height) written in the stream description
+    packet_events: int = 4096,  # events per packet
+) -> bytes:
+    """Encode events as an AEDAT 4 file with one uncompressed event stream."""
+    if len(events) == 0:
+        raise ValueError("AEDAT 4 readers (tonic's read_aedat4) reject a file without events; pass at least one.")
+    if events["x"].max() >= sensor_size[0] or events["y"].max() >= sensor_size[1] or events["x"].min() < 0:
+        raise ValueError(f"Events must lie inside the sensor {sensor_size} (width, height).")
+    header = _aedat4_ioheader(*sensor_size)
+    parts = [AEDAT4_MAGIC, struct.pack("<I", len(header)), header]
+    for start in range(0, len(events), packet_events):
+        packet = _aedat4_event_packet(events[start : start + packet_events])
+        parts += [struct.pack("<iI", 0, len(packet)), packet]
+    return b"".join(parts)
+
+# %% ../nbs/31_datasets.ipynb #fda22a68
+def encode_dvsgesture_npy(events: np.ndarray) -> bytes:  # structured events; t in microseconds
+    """`.npy` bytes of tonic's preprocessed DVS-Gesture layout: int columns x, y, p, t with t in milliseconds."""
+    table = np.stack([events["x"], events["y"], events["p"], events["t"] // 1000], axis=1).astype(np.int64)
+    buffer = io.BytesIO()
+    np.save(buffer, table)
+    return buffer.getvalue()
+
+# %% ../nbs/31_datasets.ipynb #b8e757f7
+FIXTURE_SENSORS = {"nmnist": (34, 34), "ncaltech101": (240, 180), "dvsgesture": (128, 128), "cifar10dvs": (128, 128)}
+
+
+def _fixture_files(name: str, per_class: int) -> list[str]:
+    """Relative path of every fixture file of dataset `name`, in its real layout."""
+    if name == "nmnist":
+        return [f"NMNIST/{s}/{c}/{i:05d}.bin" for s in ("Train", "Test") for c in range(10) for i in range(per_class)]
+    if name == "ncaltech101":
+        classes = ("accordion", "airplanes", "anchor")
+        return [f"NCALTECH101/Caltech101/{c}/image_{i + 1:04d}.bin" for c in classes for i in range(per_class)]
+    if name == "dvsgesture":
+        users = {
+            "ibmGestureTrain": [f"user{u:02d}_fluorescent" for u in range(1, per_class + 1)],
+            "ibmGestureTest": [f"user{u:02d}_led" for u in range(24, 24 + per_class)],
+        }
+        return [f"DVSGesture/{s}/{u}/{c}.npy" for s, us in users.items() for u in us for c in range(11)]
+    if name == "cifar10dvs":
+        classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+        return [f"CIFAR10DVS/{c}/cifar10_{c}_{i}.aedat4" for c in classes for i in range(per_class)]
+    raise ValueError(f"No fixture writer for {name!r}; choose one of {sorted(FIXTURE_SENSORS)}.")
+
+
+def _random_events(rng: np.random.Generator, sensor: tuple[int, int], n: int, time_unit: int) -> np.ndarray:
+    t = np.sort(rng.integers(0, 300, n)) * time_unit
+    return make_events(rng.integers(0, sensor[0], n), rng.integers(0, sensor[1], n), t, rng.integers(0, 2, n))
+
+
+def write_fixture(
+    name: str,  # nmnist, ncaltech101, dvsgesture or cifar10dvs
+    root: str | os.PathLike,  # data root to write under (the dataset's folder is created inside)
+    per_class: int = 2,  # files per class and split (DVS-Gesture: users per split, one file per gesture)
+    n_events: int = 50,  # events per file
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Write a tiny copy of dataset `name` in its real format and layout; returns {relative path: events}."""
+    files = _fixture_files(name, per_class)
+    rng, sensor, written = np.random.default_rng(seed), FIXTURE_SENSORS[name], {}
+    for relative in files:
+        unit = 1000 if name == "dvsgesture" else 1000 + int(rng.integers(0, 7))  # DVS-Gesture stores milliseconds
+        events = _random_events(rng, sensor, n_events, unit)
+        if name == "dvsgesture":
+            data = encode_dvsgesture_npy(events)
+        elif name == "cifar10dvs":
+            data = encode_aedat4(events, sensor)
+        else:
+            data = encode_nmnist(events)
+        write_atomic(Path(root) / relative, data)
+        written[relative] = events
+    return written

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 # %% auto #0
-__all__ = ['EVENT_DTYPE', 'ENCODINGS', 'make_events', 'to_frames', 'binarize', 'polarity_maps', 'thermometer', 'denoise',
-           'FrameConfig', 'frame_events']
+__all__ = ['EVENT_DTYPE', 'NEIGHBOURS', 'ENCODINGS', 'make_events', 'to_frames', 'binarize', 'polarity_maps', 'thermometer',
+           'denoise', 'FrameConfig', 'frame_events']
 
 # %% ../nbs/30_events.ipynb #f2545196
 EVENT_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
@@ -58,9 +58,11 @@ def _bounds_by_count(n_events, event_count, overlap, include_incomplete):
 def _bounds_by_time_bins(t, n_bins, overlap):
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1) for n_time_bins, got {overlap}.")
-    window = (t[-1] - t[0]) // n_bins * (1 + overlap)
-    window_starts = np.arange(n_bins) * (window * (1 - overlap)) + t[0]
-    return np.searchsorted(t, window_starts), np.searchsorted(t, window_starts + window)
+    first, last = t[0].item(), t[-1].item()  # Python scalars: same values, less overhead
+    window = (last - first) // n_bins * (1 + overlap)
+    window_starts = np.arange(n_bins) * (window * (1 - overlap)) + first
+    edges = np.searchsorted(t, np.concatenate([window_starts, window_starts + window]))
+    return edges[:n_bins], edges[n_bins:]
 
 
 def _bounds_by_event_bins(n_events, n_bins, overlap):
@@ -82,6 +84,18 @@ def _slice_bounds(
     if n_time_bins:
         return _bounds_by_time_bins(t, n_time_bins, overlap)
     return _bounds_by_event_bins(len(events), n_event_bins, overlap)
+
+
+def _flat_index(events, frame_channel, height, width, n_pol):
+    """Flat (frame, polarity, y, x) index of every event, built in place on `frame_channel` (frame * n_pol)."""
+    index = frame_channel
+    if n_pol > 1:  # one polarity channel folds ON and OFF together
+        index += events["p"]
+    index *= height
+    index += events["y"]
+    index *= width
+    index += events["x"]
+    return index
 
 
 def _empty_frame_count(time_window, event_count, n_time_bins, n_event_bins) -> int:
@@ -107,24 +121,25 @@ def to_frames(
             f"Pass exactly one of time_window, event_count, n_time_bins, n_event_bins; got {sum(chosen)} set."
         )
     width, height, n_pol = (int(s) for s in sensor_size)
-    pol = events["p"].astype(np.int64)
-    if n_pol == 1:
-        if len(events) and np.unique(pol).size > 1:
-            raise ValueError("sensor_size has 1 polarity but the events contain both; use sensor_size[2] = 2.")
-        pol = np.zeros_like(pol)
+    if n_pol == 1 and len(events) and np.unique(events["p"]).size > 1:
+        raise ValueError("sensor_size has 1 polarity but the events contain both; use sensor_size[2] = 2.")
     if len(events) == 0:
         n = _empty_frame_count(time_window, event_count, n_time_bins, n_event_bins)
         return np.zeros((n, n_pol, height, width), dtype=np.int16)
     starts, ends = _slice_bounds(
         events, time_window, event_count, n_time_bins, n_event_bins, overlap, include_incomplete, start_time, end_time
     )
-    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-    lengths = np.clip(np.minimum(ends, len(events)) - starts, 0, None)
-    frame_of = np.repeat(np.arange(len(starts)), lengths)
-    event_of = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
-    pixel = (pol * height + events["y"]) * width + events["x"]
-    flat = frame_of * (n_pol * height * width) + pixel[event_of]
-    counts = np.bincount(flat, minlength=len(starts) * n_pol * height * width)
+    starts, ends = np.asarray(starts, dtype=np.int64), np.minimum(ends, len(events))
+    lengths = np.maximum(ends - starts, 0)
+    plane = n_pol * height * width
+    frame_channel = np.repeat(np.arange(0, len(starts) * n_pol, n_pol), lengths)  # frame * n_pol per event
+    if ends[-1] >= starts[-1] and (starts[1:] == ends[:-1]).all():
+        # slices tile one stretch of the stream (no overlap): read it once, in order
+        flat = _flat_index(events[starts[0] : ends[-1]], frame_channel, height, width, n_pol)
+    else:
+        event_of = np.arange(len(frame_channel)) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+        flat = _flat_index(events.take(event_of), frame_channel, height, width, n_pol)
+    counts = np.bincount(flat, minlength=len(starts) * plane)
     return counts.astype(np.int16).reshape(len(starts), n_pol, height, width)
 
 # %% ../nbs/30_events.ipynb #32363812
@@ -148,26 +163,45 @@ def thermometer(frames: np.ndarray, thresholds=(1, 2, 4)) -> np.ndarray:  # incr
     return np.moveaxis((values >= levels).astype(np.uint8), -1, 2)
 
 # %% ../nbs/30_events.ipynb #273efbc8
+NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (dx, dy) of the 4-neighbourhood
+
+
+def _previous_in_pixel(keys: np.ndarray, queries: list[np.ndarray]) -> np.ndarray:
+    """For each sorted query array, the position in sorted `keys` of the last key below each query (-1: none).
+
+    One stable sort merges the already sorted runs (timsort finds them), so this costs about one merge."""
+    n = len(keys)
+    merged = np.argsort(np.concatenate([keys, *queries]), kind="stable")
+    is_query = merged >= n
+    previous = np.empty(len(queries) * n, dtype=np.int64)
+    previous[merged[is_query] - n] = np.cumsum(~is_query)[is_query] - 1
+    return previous.reshape(len(queries), n)
+
+
 def denoise(events: np.ndarray, filter_time: float = 10_000) -> np.ndarray:  # max time to a neighbour's event
     """Drop events with no 4-neighbour event within `filter_time` before them (same output as tonic's Denoise)."""
     if len(events) == 0:
         return events[:0].copy()
     x, y, t = (events[k].astype(np.int64) for k in "xyt")
     width, height, n = int(x.max()) + 1, int(y.max()) + 1, len(events)
-    keys = (x * height + y) * n + np.arange(n)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
+    pixel = x * height + y
+    small = width * height <= 2**15  # int16 keys: numpy's stable sort is then a radix sort
+    order = np.argsort(pixel.astype(np.int16) if small else pixel, kind="stable")  # by (pixel, stream position)
+    keys = pixel[order] * n + order
+    pixel, x, y, t = pixel[order], x[order], y[order], t[order]
+    steps = [dx * height + dy for dx, dy in NEIGHBOURS]
+    # the queries (neighbour pixel, own position) are the keys shifted by a constant, so already sorted
+    previous = _previous_in_pixel(keys, [keys + step * n for step in steps])
+    borders = (x > 0, x < width - 1, y > 0, y < height - 1)  # the neighbour of each direction is on the sensor
     keep = np.zeros(n, dtype=bool)
-    for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        nx, ny = x + dx, y + dy
-        inside = (nx >= 0) & (nx < width) & (ny >= 0) & (ny < height)
-        pixel = nx * height + ny
-        found = np.searchsorted(sorted_keys, pixel * n + np.arange(n)) - 1
-        candidate = order[np.clip(found, 0, None)]
-        has_previous = (found >= 0) & (sorted_keys[np.clip(found, 0, None)] // n == pixel)
-        memory = np.where(has_previous, (t[candidate] + filter_time).astype(np.float64), float(filter_time))
+    for step, before, inside in zip(steps, previous, borders, strict=True):
+        found = np.maximum(before, 0)
+        has_previous = (before >= 0) & (pixel[found] == pixel + step)
+        memory = np.where(has_previous, (t[found] + filter_time).astype(np.float64), float(filter_time))
         keep |= inside & (memory > t)
-    return events[keep]
+    in_stream_order = np.zeros(n, dtype=bool)
+    in_stream_order[order[keep]] = True
+    return events.take(np.flatnonzero(in_stream_order))
 
 # %% ../nbs/30_events.ipynb #651443ac
 ENCODINGS = ("counts", "binary", "polarity", "thermometer")

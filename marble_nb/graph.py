@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +22,7 @@ log = logging.getLogger("marble_nb")
 # %% auto #0
 __all__ = ['log', 'GraphError', 'Group', 'Connection', 'Graph', 'NeuronTable', 'GlobalSynapses', 'neurons', 'synapses',
            'edge_index', 'GraphSummary', 'summary', 'add_neurons', 'remove_neurons', 'add_synapses', 'remove_synapses',
-           'GraphBuilder']
+           'prune_synapses', 'GraphBuilder']
 
 # %% ../nbs/02_graph.ipynb #c175de04
 class GraphError(ValueError):
@@ -65,6 +65,11 @@ class Group:
         if self.bias is not None:
             out["bias"] = self.bias
         return out
+
+    def num_parameters(self) -> int:
+        "Floating-point values the group stores: its bias and per-kind parameters."
+        tensors = [*self.params.values()] if self.bias is None else [self.bias, *self.params.values()]
+        return sum(t.numel() for t in tensors if t.is_floating_point())
 
     def nbytes(self) -> int:
         "Bytes of the group's own tensors."
@@ -186,7 +191,7 @@ class Graph:
     def num_parameters(self) -> int:
         "Stored weights (shared weights once), biases and per-kind float parameters."
         ops = sum(c.op.num_parameters() for c in self.connections)
-        grp = sum(t.numel() for g in self.groups.values() for t in g.tensors().values() if t.is_floating_point())
+        grp = sum(g.num_parameters() for g in self.groups.values())
         return ops + grp
 
     def nbytes(self) -> int:
@@ -335,24 +340,22 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def summary(graph: Graph) -> GraphSummary:
-    "Per-group table of neurons, incoming synapses and parameters, computed without materialising synapses."
-    rows = []
-    for name, grp in graph.groups.items():
-        conns = graph.incoming(name)
-        rows.append(
-            dict(
-                group=name,
-                kind=grp.kind,
-                origin=grp.origin_type or grp.origin,
-                shape=grp.shape,
-                neurons=grp.size,
-                synapses=sum(graph._count(c) for c in conns),
-                parameters=sum(c.op.num_parameters() for c in conns)
-                + sum(t.numel() for t in grp.tensors().values() if t.is_floating_point()),
-            )
-        )
-    return GraphSummary(graph.name, rows)
+def summary(graph: Graph, count: Callable[[Connection], int] | None = None) -> GraphSummary:
+    """Per-group table of neurons, incoming synapses and parameters, computed without materialising synapses.
+
+    `count(connection)` gives a connection's synapses (default: from its operator and the groups' shapes);
+    a dry run passes the counts it took before dropping the tensors."""
+    count = count or graph._count
+    rows = {
+        name: dict(group=name, kind=grp.kind, origin=grp.origin_type or grp.origin, shape=grp.shape, neurons=grp.size,
+                   synapses=0, parameters=grp.num_parameters())
+        for name, grp in graph.groups.items()
+    }  # fmt: skip
+    for c in graph.connections:  # each connection's synapses and weights belong to its target group
+        row = rows[c.dst]
+        row["synapses"] += count(c)
+        row["parameters"] += c.op.num_parameters()
+    return GraphSummary(graph.name, list(rows.values()))
 
 
 def _graph_repr(graph: Graph) -> str:
@@ -387,11 +390,12 @@ def add_neurons(graph: Graph, name: str, n: int, bias: Tensor | float = 0.0) -> 
     "Append `n` neurons (no synapses yet) to group `name`; returns their local ids."
     group = _check_resizable(graph, name)
     for c in graph.incoming(name) + graph.outgoing(name):
-        op = _explicit_connection(graph, c)
+        op = _explicit_connection(graph, c)  # new operators, not edits: copies of the graph may share `op`
         if c.dst == name:
-            op.indptr = torch.cat([op.indptr, op.indptr[-1:].expand(n)])
+            op = replace(op, indptr=torch.cat([op.indptr, op.indptr[-1:].expand(n)]))
         if c.src == name:
-            op.n_src += n
+            op = replace(op, n_src=op.n_src + n)
+        c.op = op
     old = group.size
     new_bias = torch.as_tensor(bias, dtype=torch.float32).expand(n).clone()
     if group.bias is not None or bool((new_bias != 0).any()):
@@ -472,10 +476,36 @@ def remove_synapses(graph: Graph, src: str, dst: str, src_ids: Tensor, dst_ids: 
     return int(drop.sum())
 
 
+def prune_synapses(graph: Graph, threshold: float = 0.0, groups: list[str] | None = None) -> int:
+    """Remove every synapse whose |weight| <= `threshold` (into `groups`, default all); returns how many.
+
+    Only connections that store such a weight are made explicit; the others keep their compact operator."""
+    removed = 0
+    for c in graph.connections:
+        if groups is not None and c.dst not in groups:
+            continue
+        stored = [t for t in c.op.tensors().values() if t.is_floating_point()]
+        if not any(bool((t.abs() <= threshold).any()) for t in stored):
+            continue  # weightless operators (pooling windows) have fixed positive weights
+        op = (
+            c.op if isinstance(c.op, Sparse) else c.op.materialize(graph.groups[c.src].shape, graph.groups[c.dst].shape)
+        )
+        keep = op.weight.abs() > threshold
+        if bool(keep.all()):
+            continue
+        removed += int((~keep).sum())
+        c.op = Sparse.from_coo(op.src.long()[keep], op.targets()[keep], op.weight[keep], op.n_dst, op.n_src)
+    if removed:
+        graph._changed()
+        log.debug("pruned %d synapses with |weight| <= %g", removed, threshold)
+    return removed
+
+
 Graph.add_neurons = add_neurons
 Graph.remove_neurons = remove_neurons
 Graph.add_synapses = add_synapses
 Graph.remove_synapses = remove_synapses
+Graph.prune_synapses = prune_synapses
 
 # %% ../nbs/02_graph.ipynb #8ca6ade6
 class GraphBuilder:
@@ -519,10 +549,10 @@ class GraphBuilder:
     def bias(self, dst: str, bias: Tensor) -> None:
         "Give group `dst` a bias: as its neurons' bias field, or as synapses from the constant bias neuron."
         group = self.graph.group(dst)
-        bias = torch.as_tensor(bias, dtype=self.dtype).detach()
-        per_neuron = bias.reshape(-1) if bias.numel() == group.size else _per_channel(bias, group.shape)
+        bias = torch.as_tensor(bias).detach().to(self.dtype)
+        per_neuron = bias.reshape(-1).clone() if bias.numel() == group.size else _per_channel(bias, group.shape)
         if not self.bias_neurons:
-            group.bias = per_neuron.clone()
+            group.bias = per_neuron
             return
         if self.BIAS_GROUP not in self.graph.groups:
             self.graph.add_group(self.BIAS_GROUP, 1, "constant")
@@ -572,7 +602,7 @@ class GraphBuilder:
 
 
 def _per_channel(bias: Tensor, shape: tuple[int, ...]) -> Tensor:
-    "Expand a per-channel bias [C] to one value per neuron of a (C, …) group."
+    "Expand a per-channel bias [C] to one value per neuron of a (C, …) group (a new tensor)."
     if bias.numel() != shape[0]:
         raise GraphError(f"bias has {bias.numel()} values: expected one per neuron or one per channel of {shape}")
-    return bias.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).reshape(-1)
+    return bias.reshape(-1).repeat_interleave(numel(shape[1:]))

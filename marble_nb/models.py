@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from .logic import GroupSum, LogicLayer
 
 # %% auto #0
-__all__ = ['MODELS', 'DiffLogicNet', 'MLP', 'CNN', 'BasicBlock', 'resnet18_shaped', 'vgg11_shaped', 'DepthwiseSeparable',
-           'mobilenet_shaped', 'PatchAttentionNet', 'Ensemble', 'build_model', 'architecture_table',
-           'plot_architecture']
+__all__ = ['MODELS', 'DiffLogicNet', 'conv_input', 'MLP', 'CNN', 'BasicBlock', 'resnet18_shaped', 'vgg11_shaped',
+           'DepthwiseSeparable', 'mobilenet_shaped', 'PatchAttentionNet', 'Ensemble', 'build_model',
+           'architecture_table', 'plot_architecture']
 
 # %% ../nbs/40_models.ipynb #e87a4d1e
 class DiffLogicNet(nn.Sequential):
@@ -48,6 +48,15 @@ class DiffLogicNet(nn.Sequential):
         super().__init__(*layers)
 
 # %% ../nbs/40_models.ipynb #b27f3719
+def conv_input(input_shape: Sequence[int]) -> tuple[list[nn.Module], int]:
+    "Leading layers and channel count for frames `(C, H, W)` or `(T, P, H, W)` (time bins folded into channels)."
+    if len(input_shape) == 3:
+        return [], input_shape[0]
+    if len(input_shape) == 4:
+        return [nn.Flatten(1, 2)], input_shape[0] * input_shape[1]
+    raise ValueError(f"input_shape={tuple(input_shape)}: expected (channels, H, W) or (time bins, polarities, H, W)")
+
+# %% ../nbs/40_models.ipynb #d466fa35
 class MLP(nn.Sequential):
     "Flatten → (Linear → ReLU → Dropout) per hidden size → Linear."
 
@@ -67,8 +76,7 @@ class CNN(nn.Sequential):
     "(Conv 3×3 → BatchNorm → ReLU → MaxPool 2) per width → global average pool → Linear."
 
     def __init__(self, input_shape: Sequence[int], classes: int, widths: Sequence[int] = (16, 32, 64)):
-        layers: list[nn.Module] = []
-        c = input_shape[0]
+        layers, c = conv_input(input_shape)
         for w in widths:
             layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
             c = w
@@ -99,8 +107,9 @@ class BasicBlock(nn.Module):
 def resnet18_shaped(input_shape: Sequence[int] = (3, 32, 32), classes: int = 10, width: int = 8) -> nn.Sequential:
     "ResNet-18's layout (stem, 4 stages × 2 basic blocks, global pool, fc) at a chosen width (64 = the original)."
     w = [width, 2 * width, 4 * width, 8 * width]
-    layers = [
-        nn.Conv2d(input_shape[0], w[0], 7, 2, 3, bias=False),
+    layers, channels = conv_input(input_shape)
+    layers += [
+        nn.Conv2d(channels, w[0], 7, 2, 3, bias=False),
         nn.BatchNorm2d(w[0]),
         nn.ReLU(),
         nn.MaxPool2d(3, 2, 1),
@@ -114,14 +123,14 @@ def resnet18_shaped(input_shape: Sequence[int] = (3, 32, 32), classes: int = 10,
 
 def vgg11_shaped(input_shape: Sequence[int] = (3, 32, 32), classes: int = 10, width: int = 4) -> nn.Sequential:
     "VGG-11's layout (8 convolutions with BatchNorm, 5 max-pools, 2 hidden dense layers) at a chosen width."
-    layers, cin = [], input_shape[0]
+    layers, cin = conv_input(input_shape)
     for v in [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M"]:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
         else:
             layers += [nn.Conv2d(cin, v * width, 3, padding=1), nn.BatchNorm2d(v * width), nn.ReLU(inplace=True)]
             cin = v * width
-    spatial = math.prod(s // 32 for s in input_shape[1:])
+    spatial = math.prod(s // 32 for s in input_shape[-2:])
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(cin * spatial, 32 * width), nn.ReLU(), nn.Dropout(),
                          nn.Linear(32 * width, classes))  # fmt: skip
 
@@ -138,7 +147,8 @@ class DepthwiseSeparable(nn.Sequential):
 
 def mobilenet_shaped(input_shape: Sequence[int] = (3, 24, 24), classes: int = 10, width: int = 8) -> nn.Sequential:
     "A MobileNet-style network of depthwise-separable blocks."
-    stem = nn.Sequential(nn.Conv2d(input_shape[0], width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
+    fold, channels = conv_input(input_shape)
+    stem = nn.Sequential(*fold, nn.Conv2d(channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
     blocks = [DepthwiseSeparable(width, 2 * width, 1), DepthwiseSeparable(2 * width, 4 * width, 2),
               DepthwiseSeparable(4 * width, 4 * width, 1)]  # fmt: skip
     return nn.Sequential(stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, classes))
@@ -150,9 +160,11 @@ class PatchAttentionNet(nn.Module):
     def __init__(self, input_shape: Sequence[int], classes: int, patch: int = 4, dim: int = 64, depth: int = 2,
                  heads: int = 4, dropout: float = 0.1):  # fmt: skip
         super().__init__()
-        c, h, w = input_shape
+        fold, c = conv_input(input_shape)
+        h, w = input_shape[-2:]
         if h % patch or w % patch:
             raise ValueError(f"input {h}×{w} is not divisible into {patch}×{patch} patches")
+        self.fold = nn.Sequential(*fold)
         self.embed = nn.Conv2d(c, dim, patch, patch)
         self.position = nn.Parameter(torch.randn(1, (h // patch) * (w // patch), dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
@@ -160,7 +172,7 @@ class PatchAttentionNet(nn.Module):
         self.head = nn.Linear(dim, classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.position
+        tokens = self.embed(self.fold(x)).flatten(2).transpose(1, 2) + self.position
         return self.head(self.encoder(tokens).mean(1))
 
 # %% ../nbs/40_models.ipynb #7bfc424a

@@ -5,6 +5,7 @@
 # %% ../nbs/01_ops.ipynb #7dd111e4
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['DEFAULT_CHUNK', 'OPERATORS', 'REDUCE_IDENTITY', 'SCATTER_REDUCE', 'Synapses', 'ShapeError', 'numel', 'index_dtype',
-           'Operator', 'operator_from_state', 'Dense', 'Sparse', 'Gather', 'Conv']
+           'Operator', 'operator_from_state', 'Dense', 'Sparse', 'Gather', 'Conv', 'window_taps']
 
 # %% ../nbs/01_ops.ipynb #b8d9e0a7
 DEFAULT_CHUNK = 1 << 22  # synapses per materialised block: bounds memory of explicit views
@@ -51,6 +52,7 @@ def index_dtype(n: int) -> torch.dtype:
 
 # %% ../nbs/01_ops.ipynb #c48e3243
 OPERATORS: dict[str, type[Operator]] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 REDUCE_IDENTITY = {"max": float("-inf"), "min": float("inf"), "prod": 1.0, "sum": 0.0}
 SCATTER_REDUCE = {"max": "amax", "min": "amin", "prod": "prod", "sum": "sum"}
 
@@ -95,13 +97,23 @@ class Operator:
             out.scatter_reduce_(1, block.dst.expand_as(msg), msg, SCATTER_REDUCE[aggregate])
         return out.reshape(x.shape[0], *dst_shape)
 
+    def _field_names(self) -> tuple[str, ...]:
+        "The dataclass field names of this operator's class (looked up once per class: `fields()` is slow)."
+        cls = type(self)
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+        return names
+
     def tensors(self) -> dict[str, Tensor]:
         "The operator's tensor fields."
-        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        values = ((n, getattr(self, n)) for n in self._field_names())
+        return {n: v for n, v in values if isinstance(v, Tensor)}
 
     def settings(self) -> dict[str, Any]:
         "The operator's non-tensor fields (JSON-able settings)."
-        return {f.name: getattr(self, f.name) for f in fields(self) if not isinstance(getattr(self, f.name), Tensor)}
+        values = ((n, getattr(self, n)) for n in self._field_names())
+        return {n: v for n, v in values if not isinstance(v, Tensor)}
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         "(tensors, settings): everything needed to rebuild the operator with `operator_from_state`."
@@ -109,18 +121,22 @@ class Operator:
 
     def num_parameters(self) -> int:
         "Number of stored weight values (shared weights count once)."
-        return sum(t.numel() for t in self.tensors().values() if t.is_floating_point())
+        values = (getattr(self, n) for n in self._field_names())
+        return sum(v.numel() for v in values if isinstance(v, Tensor) and v.is_floating_point())
 
     def nbytes(self) -> int:
         "Bytes held by the operator's tensors."
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Operator:
-        "A copy on `device`; floating-point tensors converted to `dtype` when given."
+        "The operator on `device`, floating-point tensors converted to `dtype` when given (itself if nothing moves)."
+        tensors = self.tensors()
         moved = {
             k: t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
-            for k, t in self.tensors().items()
+            for k, t in tensors.items()
         }
+        if all(moved[k] is t for k, t in tensors.items()):
+            return self
         return replace(self, **moved)
 
     def materialize(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Sparse:
@@ -143,7 +159,7 @@ def operator_from_state(name: str, tensors: dict[str, Tensor], settings: dict[st
 # %% ../nbs/01_ops.ipynb #0a55aebb
 @dataclass(eq=False)
 class Dense(Operator):
-    "All-to-all synapses with weight matrix `weight[target, source]`."
+    "All-to-all synapses with weight matrix `weight[target, source]`: every entry is a synapse, zero or not."
 
     weight: Tensor  # [n_target, n_source]
 
@@ -364,13 +380,11 @@ class Conv(Operator):
         return pos.permute(perm).reshape(n_out, n_k), valid.permute(perm).reshape(n_out, n_k)
 
     def num_synapses(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> int:
-        per_dim = 1
-        for n_in, n_out, kk, s, p, d in zip(
-            src_shape[1:], dst_shape[1:], self.weight.shape[2:], self.stride, self.padding, self.dilation, strict=True
-        ):
-            i = torch.arange(n_out)[:, None] * s - p + torch.arange(kk)[None, :] * d
-            per_dim *= int(((i >= 0) & (i < n_in)).sum())
-        return self.weight.shape[0] * self.weight.shape[1] * per_dim
+        taps = window_taps(
+            tuple(src_shape[1:]), tuple(dst_shape[1:]), tuple(self.weight.shape[2:]), self.stride, self.padding,
+            self.dilation,
+        )  # fmt: skip
+        return self.weight.shape[0] * self.weight.shape[1] * taps
 
     def synapses(
         self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], chunk: int = DEFAULT_CHUNK
@@ -398,6 +412,29 @@ class Conv(Operator):
                 blocks.append((src, dst, widx))
             src, dst, widx = (torch.cat(parts) for parts in zip(*blocks, strict=True))
             yield Synapses(src, dst, flat_w[widx], widx)
+
+
+@functools.lru_cache(maxsize=1024)
+def window_taps(
+    n_in: tuple[int, ...],
+    n_out: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> int:
+    "(output position, kernel offset) pairs that read inside the input, over spatial sizes `n_in` -> `n_out`."
+    taps = 1
+    for i, o, kk, s, p, d in zip(n_in, n_out, kernel, stride, padding, dilation, strict=True):
+        taps *= sum(_valid_outputs(i, o, k * d - p, s) for k in range(kk))
+    return taps
+
+
+def _valid_outputs(n_in: int, n_out: int, offset: int, stride: int) -> int:
+    "How many outputs o in [0, n_out) read an input inside [0, n_in) at o·stride + offset (one kernel tap)."
+    first = max(0, -(offset // stride))  # smallest o with o·stride + offset >= 0
+    last = min(n_out - 1, (n_in - 1 - offset) // stride)  # largest o with o·stride + offset < n_in
+    return max(0, last - first + 1)
 
 
 def _ntuple(v: Any, n: int) -> tuple[int, ...]:

@@ -5,23 +5,32 @@
 # %% ../nbs/41_train.ipynb #a2643ea0
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 import logging
 import os
+import random
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torchmetrics
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'OPTIMIZERS', 'SCHEDULERS', 'Classifier', 'timestamp', 'TimestampedCheckpoint', 'checkpoint_callbacks',
-           'make_trainer', 'make_loggers', 'load_checkpoint', 'export_onnx']
+__all__ = ['log', 'OPTIMIZERS', 'SCHEDULERS', 'RESUME_KEY', 'SCHEDULE_SETTINGS', 'RESUMABLE', 'Classifier', 'run_settings',
+           'resume_conflicts', 'rng_states', 'set_rng_states', 'timestamp', 'TimestampedCheckpoint',
+           'checkpoint_callbacks', 'make_trainer', 'make_loggers', 'wandb_mode', 'load_checkpoint', 'in_notebook',
+           'LivePlot', 'export_onnx']
 
 # %% ../nbs/41_train.ipynb #3711057c
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -76,7 +85,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         scores = self(x)
         loss = nn.functional.cross_entropy(scores, y)
-        self.stats[f"{stage}_stats"].update(scores.detach(), y)
+        self.stats[f"{stage}_stats"](scores.detach(), y)  # forward: this batch's values for step logs, and accumulate
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(y), sync_dist=stage != "train")
         self.log_dict(self.stats[f"{stage}_stats"], batch_size=len(y))
         for name, fn in self.user_metrics.items():
@@ -104,20 +113,180 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt = OPTIMIZERS[hp.optimizer](self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        schedule = self.lr_schedule(opt)
+        return opt if schedule is None else {"optimizer": opt, "lr_scheduler": schedule}
+
+    def schedule_length(self) -> int | None:
+        "Length the current settings give the schedule: epochs for cosine, optimiser steps for one-cycle."
+        if self.hparams.scheduler == "cosine":
+            return max(1, self.trainer.max_epochs)
+        if self.hparams.scheduler == "onecycle":
+            return int(self.trainer.estimated_stepping_batches)
+        return None
+
+    def lr_schedule(self, opt: torch.optim.Optimizer) -> dict | None:
+        "The LR scheduler of the current settings for `opt`, as Lightning's scheduler dict (None: constant LR)."
+        hp, length = self.hparams, self.schedule_length()
+        self._schedule_length = length
         if hp.scheduler == "none":
-            return opt
+            return None
         if hp.scheduler == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, hp.step_size, hp.gamma)
-        elif hp.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs))
-        elif hp.scheduler == "onecycle":
-            steps = self.trainer.estimated_stepping_batches
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=int(steps))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        else:
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=hp.gamma, patience=0)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": hp.monitor}}
-        return {"optimizer": opt, "lr_scheduler": sched}
+            return {"scheduler": torch.optim.lr_scheduler.StepLR(opt, hp.step_size, hp.gamma), "interval": "epoch"}
+        if hp.scheduler == "cosine":
+            return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=length), "interval": "epoch"}
+        if hp.scheduler == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=length)
+            return {"scheduler": sched, "interval": "step"}
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=hp.gamma, patience=0)
+        return {"scheduler": sched, "interval": "epoch", "monitor": hp.monitor}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        "Record what a resumed run must agree on, the schedule length and the RNG states (see *Resuming*)."
+        checkpoint[RESUME_KEY] = {
+            "settings": run_settings(self, self._trainer.datamodule if self._trainer else None),
+            "schedule_length": getattr(self, "_schedule_length", None),
+            "rng": rng_states(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        "When fit resumes: refuse incompatible settings (listing them), restore the RNG states."
+        self._resumed = None
+        record = checkpoint.get(RESUME_KEY)
+        trainer = self._trainer
+        if record is None or trainer is None or trainer.state.fn != "fit":
+            return
+        conflicts = resume_conflicts(record["settings"], run_settings(self, trainer.datamodule))
+        if conflicts:
+            raise ValueError(
+                f"cannot resume from {trainer.ckpt_path}: these settings differ from the checkpoint's and cannot "
+                "change during a run:\n  "
+                + "\n  ".join(conflicts)
+                + f"\nSettings that may change: {', '.join(RESUMABLE)} "
+                "and every trainer setting (max_epochs, precision, ...). Restore the others, or start a new run."
+            )
+        set_rng_states(record["rng"])
+        self._resumed = record
+
+    def on_train_start(self) -> None:
+        "After a resume whose LR settings or schedule length changed, rebuild the schedule at the current position."
+        record, self._resumed = getattr(self, "_resumed", None), None
+        if record is None:
+            return
+        before = {k: v for k, v in record["settings"].items() if k in SCHEDULE_SETTINGS}
+        now = {k: v for k, v in run_settings(self).items() if k in SCHEDULE_SETTINGS}
+        if before != now or record["schedule_length"] != self._schedule_length:
+            self._rebuild_schedule(record["settings"]["model.lr"])
+
+    def _rebuild_schedule(self, old_lr: float) -> None:
+        "Replace the restored scheduler by one of the current settings, replayed to the run's epoch/step."
+        import warnings
+
+        from lightning.pytorch.utilities.types import LRSchedulerConfig
+
+        hp, trainer = self.hparams, self.trainer
+        opt = trainer.optimizers[0]
+        old = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
+        reached = [group["lr"] for group in opt.param_groups]
+        for group in opt.param_groups:
+            group.pop("initial_lr", None)
+            group.update(lr=hp.lr, weight_decay=hp.weight_decay)
+        schedule = self.lr_schedule(opt)
+        configs = []
+        if schedule is not None:
+            sched = schedule["scheduler"]
+            plateau = isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            if plateau and isinstance(old, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                for name in ("best", "num_bad_epochs", "cooldown_counter", "last_epoch"):
+                    setattr(sched, name, getattr(old, name))
+                for group, lr in zip(opt.param_groups, reached, strict=True):  # keep the reductions made so far
+                    group["lr"] = lr * hp.lr / old_lr if old_lr else hp.lr
+            elif not plateau:
+                position = trainer.global_step if schedule["interval"] == "step" else trainer.current_epoch
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()": a replay
+                    for _ in range(position):
+                        sched.step()
+            configs = [LRSchedulerConfig(**schedule, reduce_on_plateau=plateau)]
+        trainer.strategy.lr_scheduler_configs = configs
+        log.info("resumed with a rebuilt LR schedule (%s), lr now %s", hp.scheduler, opt.param_groups[0]["lr"])
+
+# %% ../nbs/41_train.ipynb #16624880
+RESUME_KEY = "marble_nb_resume"  # the checkpoint entry Classifier writes
+SCHEDULE_SETTINGS = (
+    "model.lr",
+    "model.weight_decay",
+    "model.scheduler",
+    "model.step_size",
+    "model.gamma",
+    "model.monitor",
+)
+RESUMABLE = SCHEDULE_SETTINGS + ("data.root", "data.cache_dir", "data.num_workers", "data.batch_size", "data.augment")
+
+
+def _plain(value: Any) -> Any:
+    "A JSON-like copy of `value` (tuples become lists, paths strings), so saved and current settings compare."
+    return json.loads(json.dumps(value, default=str))
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    "Flatten dataclasses and dicts into `prefix.key` entries."
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(f"{prefix}.{key}", item).items()}
+    return {prefix: _plain(value)}
+
+
+def _init_settings(datamodule: L.LightningDataModule) -> dict[str, Any]:
+    "A data module's saved hyperparameters, else its constructor arguments read back from same-named attributes."
+    if datamodule.hparams:
+        return dict(datamodule.hparams)
+    names = inspect.signature(type(datamodule).__init__).parameters
+    return {name: getattr(datamodule, name) for name in names if name != "self" and hasattr(datamodule, name)}
+
+
+def run_settings(
+    classifier: L.LightningModule,  # a Classifier
+    datamodule: L.LightningDataModule | None = None,  # the run's data module, if it has one
+) -> dict[str, Any]:
+    "Flat settings of a run, named as in marble-train configs: Classifier arguments, network layout, data arguments."
+    out = {f"model.{k}": _plain(v) for k, v in classifier.hparams.items() if not k.startswith("_")}
+    net = classifier.model
+    out["model.model"] = f"{type(net).__module__}.{type(net).__qualname__}"
+    out |= {f"model.model.{k}": list(v.shape) for k, v in net.state_dict().items()}
+    return out | (_flatten("data", _init_settings(datamodule)) if datamodule is not None else {})
+
+
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    "The settings that differ between a checkpoint and now and may not change on resume, one 'key: …' line each."
+    lines = []
+    for key in sorted(saved.keys() | current.keys()):
+        if any(key == free or key.startswith(free + ".") for free in RESUMABLE):
+            continue
+        before, now = saved.get(key, "(not set)"), current.get(key, "(not set)")
+        if before != now:
+            lines.append(f"{key}: {before!r} in the checkpoint, {now!r} now")
+    return lines
+
+
+def rng_states() -> dict[str, Any]:
+    "torch (CPU, and CUDA when present), numpy and Python RNG states, as tensors and plain values."
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+              "python": random.getstate()}  # fmt: skip
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    "Restore the states `rng_states` returned."
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 # %% ../nbs/41_train.ipynb #b9dfa0e5
 def timestamp() -> str:
@@ -170,15 +339,17 @@ def make_trainer(
     every_minutes: float | None = None,  # time-based checkpoints
     patience: int | None = None,  # early stopping patience in validation rounds (None: no early stopping)
     loggers: tuple[str, ...] = ("csv",),  # any of "csv", "tensorboard", "wandb"
+    callbacks: list[Callback] | None = None,  # more callbacks, e.g. LivePlot()
     **trainer_kwargs,  # passed to lightning.Trainer (precision, gradient_clip_val, accumulate_grad_batches, ...)
 ) -> L.Trainer:
     "A Lightning Trainer with our checkpoint policy, optional early stopping and the chosen loggers."
-    callbacks = checkpoint_callbacks(run_dir, monitor, mode, top_k, every_minutes)
+    everything = checkpoint_callbacks(run_dir, monitor, mode, top_k, every_minutes) + list(callbacks or ())
     if patience is not None:
-        callbacks.append(EarlyStopping(monitor, patience=patience, mode=mode))
-    trainer_kwargs.setdefault("enable_model_summary", False)
+        everything.append(EarlyStopping(monitor, patience=patience, mode=mode))
+    if trainer_kwargs.get("enable_model_summary") is None:
+        trainer_kwargs["enable_model_summary"] = False
     return L.Trainer(
-        default_root_dir=run_dir, max_epochs=max_epochs, callbacks=callbacks,
+        default_root_dir=run_dir, max_epochs=max_epochs, callbacks=everything,
         logger=make_loggers(run_dir, loggers), **trainer_kwargs,
     )  # fmt: skip
 
@@ -199,15 +370,31 @@ def make_loggers(run_dir: str | os.PathLike, names: tuple[str, ...]) -> list:
     return out
 
 
+def wandb_mode(env: dict[str, str] | None = None) -> str:  # the environment (default: os.environ)
+    "The wandb mode the environment asks for (offline by default), or one error naming every bad variable."
+    env = os.environ if env is None else env
+    mode, problems = env.get("WANDB_MODE", "offline"), []
+    if mode not in ("offline", "online", "disabled", "dryrun", "run"):
+        problems.append(
+            f"WANDB_MODE={mode!r} is invalid; use 'offline' (the default, no account), 'online' or 'disabled'"
+        )
+    if mode in ("online", "run") and not env.get("WANDB_API_KEY"):
+        problems.append("WANDB_MODE=online needs WANDB_API_KEY (your key from wandb.ai/authorize) in the environment")
+    folder = env.get("WANDB_DIR")
+    if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        problems.append(f"WANDB_DIR={folder!r} is not a writable folder; create it or unset WANDB_DIR")
+    if problems:
+        raise ValueError("the wandb logger cannot start: " + "; ".join(problems))
+    return mode
+
+
 def _wandb_logger(run_dir: str | os.PathLike):
     "A WandbLogger, offline by default (no account needed); honours a valid WANDB_MODE."
+    mode = wandb_mode()
     try:
         import wandb  # noqa: F401
     except ImportError as e:
         raise ImportError("the 'wandb' logger needs the wandb package: pip install 'wandb>=0.16'") from e
-    mode = os.environ.get("WANDB_MODE", "offline")
-    if mode not in ("offline", "online", "disabled", "dryrun", "run"):
-        raise ValueError(f"WANDB_MODE={mode!r} is invalid; use 'offline' (default), 'online' or 'disabled'")
     from lightning.pytorch.loggers import WandbLogger
 
     return WandbLogger(save_dir=str(run_dir), offline=mode in ("offline", "dryrun"), mode=mode)
@@ -246,6 +433,88 @@ def _best_path(state: dict) -> str | None:
         if "Checkpoint" in key and value.get("monitor") and value.get("best_model_path"):
             return value["best_model_path"]
     return None
+
+# %% ../nbs/41_train.ipynb #6fb1a16a
+def in_notebook() -> bool:
+    "Whether we run in an IPython kernel that shows rich output (Jupyter, nbdev's runner), not a terminal."
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ != "TerminalInteractiveShell"
+
+
+class LivePlot(Callback):
+    "Redraw loss and metric curves (training per step, validation per epoch) in the notebook during `fit`."
+
+    def __init__(
+        self,
+        metrics: tuple[str, ...] = ("loss", "acc"),  # logged names without the "train/"/"val/" prefix
+        every_n_steps: int = 10,  # redraw after this many training steps (and after each validation)
+        min_seconds: float = 1.0,  # but not more often than this
+    ):
+        self.metrics, self.every_n_steps, self.min_seconds = tuple(metrics), every_n_steps, min_seconds
+        self.active, self.history, self.redraws = False, {}, 0
+        self._handle, self._drawn_at = None, -math.inf
+
+    def on_fit_start(self, trainer, pl_module):
+        self.active = trainer.is_global_zero and in_notebook()
+        self.history, self.redraws, self._handle, self._drawn_at = {}, 0, None, -math.inf
+
+    def _record(self, trainer, stage: str) -> None:
+        for name in self.metrics:
+            value = trainer.callback_metrics.get(f"{stage}/{name}")
+            if value is not None:
+                self.history.setdefault(f"{stage}/{name}", []).append((trainer.global_step, float(value)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.active:
+            self._record(trainer, "train")
+            if trainer.global_step % self.every_n_steps == 0:
+                self._draw()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if self.active and not trainer.sanity_checking:
+            self._record(trainer, "val")
+            self._draw()
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.active:
+            self._draw(force=True)
+
+    def figure(self):
+        "The current curves as a matplotlib Figure (not attached to pyplot, so nothing else shows it)."
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(3.6 * len(self.metrics), 2.8), layout="constrained")
+        for ax, name in zip(fig.subplots(1, len(self.metrics), squeeze=False)[0], self.metrics, strict=True):
+            for stage, style in (("train", "-"), ("val", "o-")):
+                points = self.history.get(f"{stage}/{name}")
+                if points:
+                    ax.plot(*zip(*points, strict=True), style, ms=3, label=stage)
+            ax.set(title=name, xlabel="step")
+            if ax.lines:
+                ax.legend(fontsize=8)
+        return fig
+
+    def _draw(self, force: bool = False) -> None:
+        import io
+
+        from IPython.display import Image, display
+
+        if not force and time.monotonic() - self._drawn_at < self.min_seconds:
+            return
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=80)
+        image = Image(data=buffer.getvalue(), format="png")
+        if self._handle is None:
+            self._handle = display(image, display_id=True)
+        else:
+            self._handle.update(image)
+        self._drawn_at, self.redraws = time.monotonic(), self.redraws + 1
 
 # %% ../nbs/41_train.ipynb #880fa291
 def export_onnx(

@@ -5,28 +5,121 @@
 # %% ../nbs/42_train_cli.ipynb #cecac770
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from .train import Classifier
+from lightning.pytorch.cli import LightningCLI
+
+from .train import Classifier, load_checkpoint, make_trainer
 
 # %% auto #0
-__all__ = ['cli', 'main']
+__all__ = ['CONFIG_DATASETS', 'CONFIG_MODELS', 'MarbleCLI', 'cli', 'main', 'train_config', 'write_configs']
 
 # %% ../nbs/42_train_cli.ipynb #4cc94115
+class MarbleCLI(LightningCLI):
+    "LightningCLI whose `--ckpt_path` also takes `best` or a checkpoint's timestamp (found with `load_checkpoint`)."
+
+    def _resolve_checkpoint(self) -> None:
+        config = self.config_init[self.subcommand]
+        which = config.get("ckpt_path")
+        if which is None or which in ("last", "hpc", "registry") or Path(which).exists():
+            return  # Lightning's own meanings, or a file
+        config["ckpt_path"] = str(load_checkpoint(config["trainer"]["run_dir"], which))
+
+    before_fit = before_validate = before_test = before_predict = _resolve_checkpoint
+
+
 def cli(
     args: Sequence[str] | dict | None = None,  # command-line arguments (default: sys.argv[1:])
     run: bool = True,  # False: only parse and instantiate (no subcommand)
-):
-    "Run `marble-train`: LightningCLI over `Classifier` with any model and LightningDataModule given by class_path."
+) -> LightningCLI:
+    "Run `marble-train`: LightningCLI over `Classifier` with any model and LightningDataModule, trainer by `make_trainer`."
     import lightning as L
-    from lightning.pytorch.cli import LightningCLI
 
-    return LightningCLI(
-        Classifier, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
-        save_config_kwargs={"overwrite": True},
+    return MarbleCLI(
+        Classifier, L.LightningDataModule, subclass_mode_data=True, trainer_class=make_trainer, args=args, run=run,
+        auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
     )  # fmt: skip
 
 
 def main():
     "Console entry point of `marble-train`."
     cli()
+
+# %% ../nbs/42_train_cli.ipynb #788c8442
+CONFIG_DATASETS: dict[str, dict[str, Any]] = {  # sensor (height, width), classes, and training length per dataset
+    "ndigits": dict(sensor=(34, 34), classes=10, time_bins=3, max_epochs=30, batch_size=32),
+    "nmnist": dict(sensor=(34, 34), classes=10, time_bins=3, max_epochs=10, batch_size=128),
+    "cifar10dvs": dict(sensor=(128, 128), classes=10, time_bins=4, max_epochs=40, batch_size=32),
+    "dvsgesture": dict(sensor=(128, 128), classes=11, time_bins=8, max_epochs=40, batch_size=16),
+    "ncaltech101": dict(sensor=(180, 240), classes=101, time_bins=3, max_epochs=40, batch_size=32),
+}
+CONFIG_MODELS: dict[str, dict[str, Any]] = {  # class, encoding, learning rate per model
+    "difflogic": dict(class_path="marble_nb.models.DiffLogicNet", encoding="binary", lr=0.01),
+    "mlp": dict(class_path="marble_nb.models.MLP", encoding="counts", lr=1e-3),
+    "cnn": dict(class_path="marble_nb.models.CNN", encoding="counts", lr=1e-3),
+    "resnet": dict(class_path="marble_nb.models.resnet18_shaped", encoding="counts", lr=1e-3),
+    "vgg": dict(class_path="marble_nb.models.vgg11_shaped", encoding="counts", lr=1e-3),
+    "mobilenet": dict(class_path="marble_nb.models.mobilenet_shaped", encoding="counts", lr=1e-3),
+    "attention": dict(class_path="marble_nb.models.PatchAttentionNet", encoding="counts", lr=5e-4),
+}
+
+
+def _model_options(model: str, input_shape: list[int], classes: int) -> dict[str, Any]:
+    "Options of `model` that depend on the input size or the classes."
+    sensor = input_shape[-2:]
+    if model == "difflogic":  # 8000 gates, or enough for the first layer to read every input; a multiple of classes
+        gates = max(8000, -(-math.prod(input_shape) // 2))
+        return dict(depth=4, width=classes * -(-gates // classes))
+    if model == "attention":  # the largest patch dividing both sides that still leaves 200 tokens or more
+        sides = [p for p in range(1, min(sensor) + 1) if sensor[0] % p == 0 and sensor[1] % p == 0]
+        return dict(patch=max(p for p in sides if (sensor[0] // p) * (sensor[1] // p) >= 200))
+    if model in ("resnet", "mobilenet"):
+        return dict(width=8 if max(sensor) <= 64 else 16)
+    return {}
+
+
+def train_config(dataset: str, model: str) -> dict[str, Any]:
+    "The complete `marble-train` config for `model` (a name in CONFIG_MODELS) on `dataset` (in CONFIG_DATASETS)."
+    if dataset not in CONFIG_DATASETS or model not in CONFIG_MODELS:
+        raise ValueError(
+            f"no config for {dataset!r} × {model!r}; datasets {sorted(CONFIG_DATASETS)}, models {sorted(CONFIG_MODELS)}"
+        )
+    data, spec = CONFIG_DATASETS[dataset], CONFIG_MODELS[model]
+    input_shape = [data["time_bins"], 2, *data["sensor"]]
+    network = dict(input_shape=input_shape, classes=data["classes"]) | _model_options(
+        model, input_shape, data["classes"]
+    )
+    return {
+        "seed_everything": 0,
+        "trainer": dict(run_dir=f"runs/{dataset}/{model}", max_epochs=data["max_epochs"], monitor="val/acc", mode="max",
+                        top_k=3, loggers=["csv"], log_every_n_steps=10),
+        "model": dict(model=dict(class_path=spec["class_path"], init_args=network), classes=data["classes"],
+                      optimizer="adamw", lr=spec["lr"], weight_decay=1e-4, scheduler="cosine"),
+        "data": dict(class_path="marble_nb.datamodule.EventDataModule",
+                     init_args=dict(dataset=dataset, framing=dict(n_time_bins=data["time_bins"], encoding=spec["encoding"]),
+                                    batch_size=data["batch_size"])),
+    }  # fmt: skip
+
+
+def write_configs(folder: str | os.PathLike = "configs") -> list[Path]:
+    "Write `folder/<dataset>/<model>.yaml` for every dataset × model (atomically); return the paths."
+    import yaml
+
+    paths = []
+    for dataset in CONFIG_DATASETS:
+        for model in CONFIG_MODELS:
+            path = Path(folder) / dataset / f"{model}.yaml"
+            header = (f"# {model} on {dataset}: marble-train fit --config {path.as_posix()}\n"
+                      "# Written by marble_nb.train_cli.write_configs; override keys on the command line or copy the file.\n")  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(
+                header + yaml.safe_dump(train_config(dataset, model), sort_keys=False, default_flow_style=None)
+            )
+            os.replace(tmp, path)
+            paths.append(path)
+    return paths

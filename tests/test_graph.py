@@ -181,3 +181,35 @@ def test_structural_errors_name_the_problem():
         g.levels()
     with pytest.raises(GraphError, match="has 1 input slot"):
         g.connect("x", "b", Dense(torch.eye(2)), slot=1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.floats(0.0, 0.9), st.integers(0, 10_000))
+def test_zero_weights_are_synapses_until_pruned(n_src, n_dst, zero_fraction, seed):
+    "Counts, materialisation, the summary and `mean` neurons (both modes) agree that a zero weight is a synapse."
+    from marble_nb.ops import Dense
+
+    torch.manual_seed(seed)
+    weight = torch.randn(n_dst, n_src)
+    weight[torch.rand(n_dst, n_src) < zero_fraction] = 0.0
+    g = Graph("zeros")
+    g.add_input("x", n_src)
+    g.add_group("m", n_dst, "mean")
+    g.connect("x", "m", Dense(weight))
+    g.set_outputs("m")
+    x = torch.randn(4, n_src)
+
+    def check(stored: torch.Tensor) -> None:
+        "`stored[i, j]`: whether synapse j -> i exists; the mean divides by each target's stored synapses."
+        n = int(stored.sum())
+        assert g.num_synapses() == g.summary().totals["synapses"] == g.materialize().num_synapses() == n
+        degree = stored.sum(1).clamp_min(1)
+        want = (x @ (weight * stored).T) / degree
+        for mode in ("compact", "synapse"):
+            torch.testing.assert_close(run(g, x, mode=mode), want)
+
+    check(torch.ones_like(weight, dtype=torch.bool))  # all stored entries, zeros included
+    zeros = int((weight == 0).sum())
+    assert g.prune_synapses() == zeros
+    check(weight != 0)  # pruned: only the non-zero weights remain, and the means follow
+    assert g.prune_synapses() == 0

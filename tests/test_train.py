@@ -1,6 +1,6 @@
 "Training features on small in-memory frames: schedulers, early stopping, clipping, accumulation, checkpoints, resume."
 
-import importlib.util
+import math
 import os
 import resource
 
@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from marble_nb.models import CNN, DiffLogicNet
-from marble_nb.train import Classifier, load_checkpoint, make_loggers, make_trainer
+from marble_nb.train import Classifier, LivePlot, export_onnx, load_checkpoint, make_loggers, make_trainer
 
 
 def frames(n=96, seed=0, classes=4):
@@ -35,13 +35,42 @@ def linear():
     return nn.Sequential(nn.Flatten(), nn.Linear(128, 4))
 
 
-@pytest.mark.parametrize("scheduler", ["step", "cosine", "onecycle", "plateau"])
-def test_schedulers_change_lr(tmp_path, scheduler):
-    t = trainer(tmp_path, max_epochs=2)
-    t.fit(Classifier(linear(), 4, lr=0.1, scheduler=scheduler, step_size=1, gamma=0.5), frames(), frames(seed=1))
-    assert t.optimizers[0].param_groups[0]["lr"] != pytest.approx(0.1) or scheduler == "plateau"
-    if scheduler == "step":
-        assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.025)
+class StepLRs(Callback):
+    "The learning rate of every optimiser step."
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def lrs_of(tmp_path, **kw):
+    rec = StepLRs()
+    t = trainer(tmp_path, max_epochs=3, callbacks=[rec])
+    t.fit(Classifier(linear(), 4, step_size=1, gamma=0.5, **kw), frames(), frames(seed=1))  # 6 steps per epoch
+    return rec.lrs
+
+
+def test_step_scheduler_steps_each_epoch(tmp_path):
+    assert lrs_of(tmp_path, lr=0.1, scheduler="step") == pytest.approx([0.1] * 6 + [0.05] * 6 + [0.025] * 6)
+
+
+def test_cosine_scheduler_anneals_over_max_epochs(tmp_path):
+    lrs = lrs_of(tmp_path, lr=0.1, scheduler="cosine")
+    assert lrs[::6] == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
+
+
+def test_onecycle_scheduler_steps_each_batch(tmp_path):
+    lrs = lrs_of(tmp_path, lr=0.1, scheduler="onecycle")
+    assert len(set(lrs)) == 18  # a new rate every step
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(0.1, rel=0.05) and 0 < peak < 17 and lrs[-1] < lrs[0] < 0.1 / 10
+
+
+def test_plateau_scheduler_reduces_when_stuck(tmp_path):
+    lrs = lrs_of(tmp_path, lr=1e-12, scheduler="plateau")  # val/loss cannot improve at this rate
+    assert lrs[::6] == pytest.approx([1e-12, 0.5e-12, 0.25e-12])
 
 
 def test_difflogic_learns(tmp_path):
@@ -80,10 +109,35 @@ def test_gradient_clipping_clips(tmp_path):
     assert rec.norms and max(rec.norms) <= 1e-3 * 1.01
 
 
+def test_gradient_value_clipping_clips(tmp_path):
+    largest = []
+
+    class MaxGrad(Callback):
+        def on_train_start(self, trainer, pl_module):  # gradients as the step used them: clipped inside its closure
+            trainer.optimizers[0].register_step_post_hook(
+                lambda opt, args, kwargs: largest.append(max(p.grad.abs().max().item() for p in pl_module.parameters()))
+            )
+
+    t = trainer(tmp_path, gradient_clip_val=1e-4, gradient_clip_algorithm="value", callbacks=[MaxGrad()])
+    t.fit(Classifier(linear(), 4, lr=0.1), frames())
+    assert len(largest) == 6 and max(largest) <= 1e-4
+
+
 def test_accumulation_accumulates(tmp_path):
     t = trainer(tmp_path, accumulate_grad_batches=3)
-    t.fit(Classifier(linear(), 4), frames())  # 6 batches
+    t.fit(Classifier(linear(), 4, optimizer="sgd", lr=0.1), frames())  # 6 batches
     assert t.global_step == 2
+    # SGD on the mean of 3 batches' gradients: the same as one step per 3 batches by hand
+    reference = linear()
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    batches = list(frames())
+    for group in (batches[:3], batches[3:]):
+        opt.zero_grad()
+        for x, y in group:
+            (nn.functional.cross_entropy(reference(x), y) / 3).backward()
+        opt.step()
+    for a, b in zip(t.lightning_module.model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_bf16_mixed_precision_runs(tmp_path):
@@ -149,15 +203,38 @@ def test_loggers_csv_tensorboard(tmp_path):
     assert list(tmp_path.glob("tensorboard/version_0/events.out.tfevents.*"))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
 def test_wandb_offline(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+    import wandb
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
     t = trainer(tmp_path, loggers=("wandb",))
     t.fit(Classifier(linear(), 4), frames(), frames(seed=1))
-    assert list(tmp_path.glob("wandb/offline-run-*"))
+    run = t.logger.experiment
+    assert run.settings.mode == "offline"
+    assert run.summary["val/acc"] == pytest.approx(t.callback_metrics["val/acc"].item())
+    wandb.finish()
+    assert [p.stat().st_size > 0 for p in tmp_path.glob("wandb/offline-run-*/run-*.wandb")] == [True]
+
+
+def test_wandb_environment_errors_come_in_one_message(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "sideways")
-    with pytest.raises(ValueError, match="WANDB_MODE='sideways' is invalid"):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ValueError) as info:
         make_loggers(tmp_path, ("wandb",))
+    assert "WANDB_MODE='sideways' is invalid" in str(info.value) and "WANDB_DIR=" in str(info.value)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_DIR")
+    with pytest.raises(ValueError, match="WANDB_MODE=online needs WANDB_API_KEY"):
+        make_loggers(tmp_path, ("wandb",))
+
+
+def test_live_plot_does_nothing_outside_jupyter(tmp_path):
+    live = LivePlot(every_n_steps=1, min_seconds=0)
+    t = trainer(tmp_path, callbacks=[live])
+    t.fit(Classifier(linear(), 4), frames(), frames(seed=1))
+    assert not live.active and live.history == {} and live.redraws == 0
 
 
 def test_user_metric_logged(tmp_path):
@@ -189,3 +266,48 @@ def test_rss_does_not_grow(tmp_path):
     start = rss_mb()
     trainer(tmp_path / "long", max_epochs=20, loggers=()).fit(Classifier(linear(), 4), data)  # 400 steps
     assert rss_mb() - start < 30, resource.getrusage(resource.RUSAGE_SELF)
+
+
+def test_onnx_export_matches_trained_models(tmp_path):
+    import onnxruntime as ort
+
+    x = next(iter(frames()))[0]
+    for name, net in (
+        ("cnn", CNN((2, 8, 8), 4, widths=(4, 8))),
+        ("logic", DiffLogicNet((2, 8, 8), 4, depth=2, width=200)),
+    ):
+        clf = Classifier(net, 4, lr=0.05)
+        trainer(tmp_path / name).fit(clf, frames())
+        inputs = x if name == "cnn" else (x > 0).float()  # counts for the CNN, bits for the logic network
+        path = export_onnx(clf.model, inputs, tmp_path / f"{name}.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            expected = clf.model.eval()(inputs[:5]).numpy()
+        assert abs(session.run(None, {"frames": inputs[:5].numpy()})[0] - expected).max() < 1e-4  # dynamic batch
+
+
+class Noisy(nn.Module):
+    "Adds fresh uniform noise: onnxruntime draws other numbers than PyTorch, so the export check must fail."
+
+    def forward(self, x):
+        return x + torch.rand_like(x)
+
+
+def test_onnx_export_refuses_a_mismatch_and_leaves_no_file(tmp_path):
+    with pytest.raises(RuntimeError, match="onnxruntime output differs from PyTorch"):
+        export_onnx(Noisy(), torch.zeros(4, 3), tmp_path / "noisy.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (none here)")
+def test_cuda_memory_returns_to_baseline_between_epochs(tmp_path):
+    allocated = []
+
+    class Allocated(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            torch.cuda.synchronize()
+            allocated.append(torch.cuda.memory_allocated())
+
+    t = trainer(tmp_path, max_epochs=5, accelerator="gpu", devices=1, callbacks=[Allocated()])
+    t.fit(Classifier(CNN((2, 8, 8), 4, widths=(16, 32)), 4), frames(n=320), frames(seed=1))
+    assert max(allocated[1:]) <= allocated[1]  # after the first epoch (optimiser state created), no growth
