@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import itertools
 import logging
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +28,8 @@ log = logging.getLogger("marble_nb")
 # %% auto #0
 __all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'HOLLOW_NEURONS', 'register_module',
            'register_function', 'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
-           'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'trace_fx', 'trace_chain',
-           'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
+           'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'batch_anywhere', 'trace_fx',
+           'trace_chain', 'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
 
 # %% ../nbs/11_convert.ipynb #7a1fd85a
 Converter = Callable[["Context", "Call"], "Value"]
@@ -177,6 +178,13 @@ class Value:
 
     group: str
     shape: tuple[int, ...]
+    batch: int = 0  # the dim of the PyTorch tensor that holds the batch (1 for an RNN's h_n); groups store it first
+
+
+def batch_anywhere(converter: Converter) -> Converter:
+    "Mark a converter that takes tensors whose batch is not in dim 0 (`Value.batch`); others refuse them."
+    converter.batch_anywhere = True
+    return converter
 
 # %% ../nbs/11_convert.ipynb #2b11c450
 class _Tracer(fx.Tracer):
@@ -666,10 +674,10 @@ class Context:
             offsets.append(start)
             start += self.graph.groups[v.group].size
         ids = [
-            torch.arange(o, o + self.graph.groups[v.group].size).reshape(1, *v.shape)
+            torch.arange(o, o + self.graph.groups[v.group].size).reshape(v.shape).unsqueeze(v.batch)
             for v, o in zip(sources, offsets, strict=True)
         ]
-        picked = fn(*ids)[0]
+        picked, batch = self._one_sample(fn, ids, [v.batch for v in sources], start)
         dst = self.new_group(tuple(picked.shape))
         flat = picked.reshape(-1)
         for v, o in zip(sources, offsets, strict=True):
@@ -677,7 +685,28 @@ class Context:
             index = torch.where((flat >= o) & (flat < o + n), flat - o, torch.full_like(flat, -1))
             if bool((index >= 0).any()):
                 self.connect(v.group, dst, Gather(index, torch.tensor(weight)))
-        return self.result(dst)
+        return Value(dst, tuple(picked.shape), batch)
+
+    def _one_sample(
+        self, fn: Callable[..., Tensor], ids: list[Tensor], batches: list[int], n: int
+    ) -> tuple[Tensor, int]:
+        "The ids of one sample of `fn`'s result and the dim holding its batch, found by replaying a batch of two."
+        two = [torch.cat([i, i + n], b) for i, b in zip(ids, batches, strict=True)]
+        try:
+            out = fn(*two)
+        except (RuntimeError, IndexError):  # the call has the example's batch size built in: the batch stays first
+            return fn(*ids)[0], 0
+        for d in range(out.dim()):
+            if (
+                out.shape[d] == 2
+                and bool((out.select(d, 0) < n).all())
+                and torch.equal(out.select(d, 1), out.select(d, 0) + n)
+            ):
+                return out.select(d, 0), d
+        raise ConversionError(
+            f"{self.call.describe()} at {self.call.path} mixes the samples of a batch (it indexes, flips or reshapes "
+            "the batch dim): a MARBLE graph computes every sample on its own, so keep the batch dim apart"
+        )
 
 # %% ../nbs/11_convert.ipynb #9a72cd99
 def _modules(model: nn.Module) -> list[nn.Module]:
@@ -722,10 +751,9 @@ def _example_inputs(model: nn.Module, example_input: Any, device: Any) -> tuple[
     return tuple(torch.as_tensor(x).to(device) if device is not None else torch.as_tensor(x) for x in xs)
 
 
-def _outputs(out: Any) -> list[Any]:
-    if isinstance(out, (tuple, list)) and len(out) == 1 and isinstance(out[0], (tuple, list)):
-        out = out[0]
-    return list(out) if isinstance(out, (tuple, list)) else [out]
+def _leaves(out: Any) -> list[Any]:
+    "The model's results, nested tuples and lists flattened in order."
+    return [x for o in out for x in _leaves(o)] if isinstance(out, (tuple, list)) else [out]
 
 
 def convert_model(
@@ -786,9 +814,20 @@ def _convert_call(ctx: Context, call: Call) -> Any:
     if call.kind == "constant":
         return call.target
     if call.kind == "output":
-        outs = [v for v in _outputs(ctx.resolve(call.args)) if isinstance(v, Value)]
+        outs = [v for v in _leaves(ctx.resolve(call.args)) if isinstance(v, Value)]
+        moved = [v for v in outs if v.batch]
+        if moved:
+            raise ConversionError(
+                f"The model returns a tensor whose batch is in dim {moved[0].batch} (group {moved[0].group!r}: e.g. "
+                "an RNN's h_n or a time-major sequence), but a graph's outputs are batch-first: return it with the "
+                "batch moved to dim 0 (e.g. h_n.transpose(0, 1)) or indexed (h_n[-1])"
+            )
         ctx.graph.set_outputs(*[ctx.source(v) for v in outs])
         return None
+    if call.kind == "function" and call.target is operator.getitem:
+        container = ctx.resolve(call.args[0])
+        if isinstance(container, (tuple, list)):  # unpacking a layer's results, e.g. `out, (h, c) = lstm(x)`
+            return container[ctx.resolve(call.args[1])]
     if call.kind in ("function", "method") and not _refs((call.args, call.kwargs)):
         return _evaluate(call)  # arithmetic on sizes and constants: just compute it
     if call.kind in ("function", "method") and not any(isinstance(v, Value) for v in _flat_values(ctx, call)):
@@ -799,17 +838,34 @@ def _convert_call(ctx: Context, call: Call) -> Any:
         converter = FUNCTIONS[call.target] if call.kind == "function" else METHODS[call.target]
     if log.isEnabledFor(logging.DEBUG):
         log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
+    _check_batch_dims(ctx, call, converter)
     try:
         value = converter(ctx, call)
     except (ConversionError, UnsupportedLayerError):
         raise
     except Exception as e:
         raise ConversionError(f"converting {call.describe()} at {call.path} failed: {type(e).__name__}: {e}") from e
-    if isinstance(value, Value) and call.shape is not None and tuple(value.shape) != tuple(call.shape):
+    if (
+        isinstance(value, Value)
+        and not value.batch
+        and call.shape is not None
+        and tuple(value.shape) != tuple(call.shape)
+    ):
         raise ConversionError(
             f"the converter of {call.describe()} at {call.path} produced shape {value.shape}, PyTorch gives {call.shape}"
         )
     return value
+
+
+def _check_batch_dims(ctx: Context, call: Call, converter: Converter) -> None:
+    "Refuse a tensor whose batch is not in dim 0 unless the converter takes such tensors (`batch_anywhere`)."
+    moved = next((v for v in _flat_values(ctx, call) if isinstance(v, Value) and v.batch), None)
+    if moved is not None and not getattr(converter, "batch_anywhere", False):
+        raise ConversionError(
+            f"{call.describe()} at {call.path} gets a tensor whose batch is in dim {moved.batch} (group "
+            f"{moved.group!r}); convert_model follows such tensors through indexing, transposes and sequence layers "
+            "only: move the batch back to dim 0 first (e.g. .transpose(0, 1))"
+        )
 
 
 def _flat_values(ctx: Context, call: Call) -> list[Any]:
@@ -834,21 +890,28 @@ def _evaluate(call: Call, args: Any = None, kwargs: Any = None) -> Any:
     return call.target(*args, **kwargs)
 
 
+def _size(v: Value) -> torch.Size:
+    "The PyTorch shape of `v` with batch size 1, which stands for any."
+    return torch.Size((*v.shape[: v.batch], 1, *v.shape[v.batch :]))
+
+
 @register_function(getattr)
+@batch_anywhere
 def _convert_getattr(ctx: Context, call: Call) -> Any:
     "Tensor attributes used for shape arithmetic: `.shape` (batch size 1 stands for any), `.dtype`, `.device`."
     v, attr = ctx.arg(0), ctx.arg(1)
     if attr == "shape":
-        return torch.Size((1, *v.shape))
+        return _size(v)
     if attr in ("dtype", "device"):
         return getattr(torch.empty(0, device=ctx.device), attr)
     raise ConversionError(f"attribute .{attr} of a traced tensor at {call.path} cannot be converted")
 
 
 @register_method("size", "dim")
+@batch_anywhere
 def _convert_size(ctx: Context, call: Call) -> Any:
     "`x.size()`, `x.size(d)` and `x.dim()` of a traced tensor (batch size 1 stands for any)."
-    size = torch.Size((1, *ctx.arg(0).shape))
+    size = _size(ctx.arg(0))
     if call.target == "dim":
         return len(size)
     d = ctx.param(1, "dim")

@@ -15,19 +15,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert import Call, ConversionError, Context, Value, register_function, register_module
+from marble_nb.convert import (
+    Call,
+    ConversionError,
+    Context,
+    Value,
+    batch_anywhere,
+    register_function,
+    register_module,
+)
 from .convert_embed import PerPosition, Rearrange, own_origins
-from .engine import run
-from .graph import Graph
+from .engine import register_fusion, run
+from .graph import Connection, Graph
 from .kinds import register_kind
 from .ops import DEFAULT_CHUNK, Operator, ShapeError, Synapses, numel
 
 # %% auto #0
-__all__ = ['SumLast', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention', 'add_attention',
-           'add_scaled_dot_product_attention', 'add_multihead_attention', 'add_head_mean', 'SequenceGraphs',
-           'MultiheadAttentionGraphs', 'convert_multihead_attention', 'add_feed_forward', 'add_encoder_layer',
-           'add_decoder_layer', 'add_encoder', 'add_decoder', 'TransformerGraphs', 'convert_transformer',
-           'sinusoidal_table', 'add_positional', 'add_rotary', 'add_mean_over_positions']
+__all__ = ['SumLast', 'contract_last', 'add_linear', 'add_layer_norm', 'add_sum', 'additive_mask', 'causal_mask', 'Attention',
+           'add_attention', 'add_scaled_dot_product_attention', 'add_multihead_attention', 'add_head_mean',
+           'SequenceGraphs', 'MultiheadAttentionGraphs', 'convert_multihead_attention', 'add_feed_forward',
+           'add_encoder_layer', 'add_decoder_layer', 'add_encoder', 'add_decoder', 'TransformerGraphs',
+           'convert_transformer', 'sinusoidal_table', 'add_positional', 'add_rotary', 'add_mean_over_positions']
 
 # %% ../nbs/15a_convert_attention.ipynb #43976d8b
 @dataclass(eq=False)
@@ -55,6 +63,41 @@ class SumLast(Operator):
         for s0 in range(0, numel(src_shape), chunk):
             src = torch.arange(s0, min(numel(src_shape), s0 + chunk), device=dev)
             yield Synapses(src, src // n, self.weight.expand(src.shape), torch.zeros_like(src))
+
+# %% ../nbs/15a_convert_attention.ipynb #92a374d9
+def contract_last(a: Tensor, b: Tensor) -> Tensor:
+    "Σ over the last dim of a·b for tensors broadcast against each other (each dim full or 1): one einsum."
+    shape = tuple(max(m, n) for m, n in zip(a.shape, b.shape, strict=True))  # each dim full or 1
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    ones = lambda t: tuple(i for i, n in enumerate(t.shape) if n == 1)  # noqa: E731
+    subscripts = lambda t: "".join(letters[i] for i, n in enumerate(t.shape) if n != 1)  # noqa: E731
+    out = "".join(letters[i] for i, n in enumerate(shape[:-1]) if n != 1)
+    summed = torch.einsum(f"{subscripts(a)},{subscripts(b)}->{out}", a.squeeze(ones(a)), b.squeeze(ones(b)))
+    return summed.reshape(shape[:-1])
+
+
+@register_fusion
+def _fuse_product_sum(graph: Graph, conn: Connection) -> Callable | None:
+    "A bias-free `prod` group of two rearranged factors read only through a SumLast: their contraction."
+    prod = graph.groups[conn.src]
+    factors = graph.incoming(prod.name)
+    fits = (
+        isinstance(conn.op, SumLast)
+        and prod.kind == "prod"
+        and prod.bias is None
+        and len(factors) == 2
+        and all(isinstance(f.op, Rearrange) and f.op.expand == prod.shape for f in factors)
+    )
+    if not fits:
+        return None
+    a, b = factors
+
+    def accumulate(values: dict[str, Tensor], acc: Tensor | None) -> Tensor:
+        out = contract_last(a.op.broadcast(values[a.src]), b.op.broadcast(values[b.src]))
+        out = out * conn.op.weight.to(out.dtype)
+        return out if acc is None else acc + out
+
+    return accumulate
 
 # %% ../nbs/15a_convert_attention.ipynb #6617a360
 import marble_nb.convert_layers  # noqa: F401  (registers the layer_norm and gelu kinds used below)
@@ -633,6 +676,8 @@ def _padding_group(ctx: Context, mask: Any, name: str) -> str | None:
         return None
     if torch.is_tensor(mask):
         raise ConversionError(f"{name}: a constant key_padding_mask is not supported; pass it as a model input")
+    if mask.batch:
+        raise ConversionError(f"{name}: a key_padding_mask is (batch, S); this one has its batch in dim {mask.batch}")
     graph = ctx.graph
     graph.add_group(name, mask.shape, "forbid")
     graph.connect(ctx.source(mask), name, Rearrange.identity(mask.shape))
@@ -646,55 +691,66 @@ def _constant_mask(mask: Any, what: str) -> Tensor | None:
     raise ConversionError(f"{what}: attention masks computed from the input are not supported; make it a constant")
 
 
-def _check_batch_first(module: nn.Module, path: str) -> None:
-    if not _heads_and_batch_first(module)[1]:
+def _sequence_batch(module: nn.Module) -> int:
+    "Where the module's sequences hold the batch: dim 0 with batch_first, else dim 1."
+    return 0 if _heads_and_batch_first(module)[1] else 1
+
+
+def _sequence_source(ctx: Context, v: Any, module: nn.Module, path: str) -> str:
+    "The group of a sequence argument, checked to hold its batch where the module reads it."
+    want = _sequence_batch(module)
+    if not isinstance(v, Value) or v.batch != want:
+        layout = "(batch, T, E)" if want == 0 else "(T, batch, E)"
+        got = f"a tensor whose batch is in dim {v.batch}" if isinstance(v, Value) else repr(v)
         raise ConversionError(
-            f"{path}: convert_model treats dim 0 as the batch, so {type(module).__name__} must be batch_first=True "
-            "(or convert it alone with convert_transformer / convert_multihead_attention)"
+            f"{type(module).__name__}(batch_first={not want}) at {path} reads {layout} but gets {got}: "
+            "transpose it inside the model, or set batch_first=True and give it batch-first tensors"
         )
+    return ctx.source(v)
 
 
 @register_module(nn.MultiheadAttention)
+@batch_anywhere
 def _convert_mha(ctx: Context, call: Call) -> tuple[Value, Value | None]:
-    "nn.MultiheadAttention (batch_first): (output, weights averaged over heads or per head, or None)."
+    "nn.MultiheadAttention: (output in the module's layout, weights averaged over heads or per head, or None)."
     mha = call.module
-    _check_batch_first(mha, call.path)
-    q, k, v = ctx.param(0, "query"), ctx.param(1, "key"), ctx.param(2, "value")
+    q, k, v = (_sequence_source(ctx, ctx.param(i, n), mha, call.path) for i, n in enumerate(("query", "key", "value")))
     name = ctx.name()
     before = set(ctx.graph.groups)
     pad = _padding_group(ctx, ctx.param(3, "key_padding_mask"), f"{name}.key_padding")
     mask = _constant_mask(ctx.param(5, "attn_mask"), call.path)
-    att = add_multihead_attention(ctx.graph, ctx.source(q), ctx.source(k), ctx.source(v), mha, name, mask, pad)
+    att = add_multihead_attention(ctx.graph, q, k, v, mha, name, mask, pad)
     own_origins(ctx.graph, before, att.out, call.path)
+    out = Value(att.out, ctx.graph.groups[att.out].shape, _sequence_batch(mha))
     if not ctx.param(4, "need_weights", True):
-        return ctx.result(att.out), None
+        return out, None
     weights = (
         att.weights
         if not ctx.param(6, "average_attn_weights", True)
         else add_head_mean(ctx.graph, att.weights, f"{name}.weights")
     )
-    return ctx.result(att.out), ctx.result(weights)
+    return out, ctx.result(weights)
 
 
 @register_module(
     nn.TransformerEncoderLayer, nn.TransformerEncoder, nn.TransformerDecoderLayer, nn.TransformerDecoder, nn.Transformer
 )
+@batch_anywhere
 def _convert_transformer(ctx: Context, call: Call) -> Value:
-    "Transformer modules (batch_first): sequences from the call, constant masks as biases, padding masks as inputs."
+    "Transformer modules: sequences from the call (module's layout), constant masks as biases, padding masks as inputs."
     module = call.module
-    _check_batch_first(module, call.path)
     sig = _signature(module)
     args = list(call.args)
     names = list(sig.sequences) + [m for m, _, _ in sig.masks] + [p for p, _ in sig.paddings]
     values = {n: ctx.param(i, n) for i, n in enumerate(names) if i < len(args) or n in call.kwargs}
     name = ctx.name()
     before = set(ctx.graph.groups)
-    seqs = {s: ctx.source(values[s]) for s in sig.sequences}
+    seqs = {s: _sequence_source(ctx, values[s], module, call.path) for s in sig.sequences}
     masks = {m: _constant_mask(values.get(m), f"{call.path} {m}") for m, _, _ in sig.masks}
     pads = {p: _padding_group(ctx, values.get(p), f"{name}.{p}") for p, _ in sig.paddings}
     out = _body(module, ctx.graph, seqs, masks, pads, name)
     own_origins(ctx.graph, before, out, call.path)
-    return ctx.result(out)
+    return Value(out, ctx.graph.groups[out].shape, _sequence_batch(module))
 
 
 @register_function(F.scaled_dot_product_attention)

@@ -5,16 +5,17 @@
 # %% ../nbs/14_convert_embed.ipynb #4e0ebcff
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .convert import Call, ConversionError, Context, Value, register_module
-from .graph import Graph
-from .kinds import register_kind
+from .convert import Call, ConversionError, Context, Value, batch_anywhere, register_module
+from .engine import register_accumulator, register_fusion
+from .graph import Connection, Graph
+from .kinds import get_kind, register_kind
 from .ops import DEFAULT_CHUNK, Gather, Operator, ShapeError, Sparse, Synapses, numel
 
 # %% auto #0
@@ -60,6 +61,15 @@ class PerPosition(Operator):
             p = torch.arange(p0, min(n_pos, p0 + step), device=dev)[:, None]
             w_index = widx.expand(p.shape[0], -1).reshape(-1)
             yield Synapses((p * n_in + i).reshape(-1), (p * n_out + o).reshape(-1), flat[w_index], w_index)
+
+# %% ../nbs/14_convert_embed.ipynb #fe1f1272
+@register_accumulator(PerPosition)
+def _per_position_accumulate(
+    op: PerPosition, x: Tensor, acc: Tensor | None, src_shape: tuple, dst_shape: tuple
+) -> Tensor:
+    "x·Wᵀ at every position, with `acc` added into the fresh product (no second result tensor)."
+    term = op.weighted_sum(x, src_shape, dst_shape)
+    return term if acc is None else term.add_(acc)
 
 # %% ../nbs/14_convert_embed.ipynb #78ed4d45
 @dataclass(eq=False)
@@ -107,15 +117,24 @@ class Rearrange(Operator):
 
     def weighted_sum(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Tensor:
         if self._plain:  # a copy or a slice: at most a narrow and a reshape, no data moved
-            x = x if x.dim() == 2 else x.reshape(x.shape[0], -1)
-            x = x if self.start is None else x.narrow(1, self.start, self._size)
-            x = x if len(dst_shape) == 1 else x.reshape(x.shape[0], *dst_shape)
+            x = self.plain_view(x, dst_shape)
             return x if self._unit else x * self._scalar
-        if self.start is not None:
-            x = x.reshape(x.shape[0], -1)[:, self.start : self.start + numel(self.view)]
-        out = x.reshape(x.shape[0], *self.view).permute(0, *(p + 1 for p in self.perm)).expand(x.shape[0], *self.expand)
-        out = out if self._unit else out * self.weight.to(x.dtype)
+        out = self.broadcast(x).expand(x.shape[0], *self.expand)
         return out if tuple(dst_shape) == self.expand else out.reshape(x.shape[0], *dst_shape)
+
+    def plain_view(self, x: Tensor, dst_shape: tuple[int, ...]) -> Tensor:
+        "A plain (copy or slice) connection's source values as the target sees them, unweighted: a view."
+        x = x if x.dim() == 2 else x.reshape(x.shape[0], -1)
+        if self.start is not None and (self.start or x.shape[1] != self._size):  # a true slice
+            x = x.narrow(1, self.start, self._size)
+        return x if len(dst_shape) == 1 else x.reshape(x.shape[0], *dst_shape)
+
+    def broadcast(self, x: Tensor) -> Tensor:
+        "The weighted messages before broadcasting: (batch, *permuted view), size-1 dims not yet repeated to `expand`."
+        if self.start is not None:
+            x = x.reshape(x.shape[0], -1)[:, self.start : self.start + self._size]
+        out = x.reshape(x.shape[0], *self.view).permute(0, *(p + 1 for p in self.perm))
+        return out if self._unit else out * self.weight.to(x.dtype)
 
     def reduce(self, x: Tensor, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], aggregate: str) -> Tensor:
         "A single synapse per target: every aggregation is the message itself."
@@ -137,6 +156,46 @@ class Rearrange(Operator):
         for s0 in range(0, index.numel(), chunk):
             dst = torch.arange(s0, min(index.numel(), s0 + chunk), device=index.device)
             yield Synapses(index[dst], dst, self.weight.expand(dst.shape), torch.zeros_like(dst))
+
+# %% ../nbs/14_convert_embed.ipynb #a7cbab7d
+@register_accumulator(Rearrange)
+def _rearrange_accumulate(op: Rearrange, x: Tensor, acc: Tensor | None, src_shape: tuple, dst_shape: tuple) -> Tensor:
+    "A plain copy or slice added to the sum with its weight as `alpha`: one kernel, no weighted copy."
+    if acc is None or not op._plain:
+        term = op.weighted_sum(x, src_shape, dst_shape)
+        return term if acc is None else acc + term
+    return torch.add(acc, op.plain_view(x, dst_shape), alpha=op._scalar)
+
+
+@register_fusion
+def _fuse_product_into_sum(graph: Graph, conn: Connection) -> Callable | None:
+    "A `prod` group of two rearranged factors, read whole and one-to-one by a `sum` group: one addcmul there."
+    prod, dst = graph.groups[conn.src], graph.groups[conn.dst]
+    factors = graph.incoming(prod.name)
+    fits = (
+        prod.kind == "prod"
+        and prod.bias is None
+        and dst.shape == prod.shape
+        and get_kind(dst.kind).aggregate == "sum"
+        and get_kind(dst.kind).slots == 1
+        and isinstance(conn.op, Rearrange)
+        and conn.op._plain
+        and not conn.op.start  # the whole product group, one-to-one
+        and len(factors) == 2
+        and all(isinstance(f.op, Rearrange) for f in factors)
+    )
+    if not fits:
+        return None
+    (a, b), shapes = factors, [graph.groups[f.src].shape for f in factors]
+
+    def accumulate(values: dict[str, Tensor], acc: Tensor | None) -> Tensor:
+        x = a.op.weighted_sum(values[a.src], shapes[0], prod.shape)
+        y = b.op.weighted_sum(values[b.src], shapes[1], prod.shape)
+        if acc is None:
+            return x * y if conn.op._unit else x * y * conn.op._scalar
+        return torch.addcmul(acc, x, y, value=conn.op._scalar)
+
+    return accumulate
 
 # %% ../nbs/14_convert_embed.ipynb #4ac7a457
 @register_kind("onehot", has_bias=False, elementwise=False)
@@ -371,13 +430,14 @@ def own_origins(graph: Graph, before: set[str], output: str, origin: str) -> Non
 
 
 @register_module(nn.Embedding)
+@batch_anywhere
 def _convert_embedding(ctx: Context, call: Call) -> Value:
     "nn.Embedding: one-hot neurons and the (renormalised) table as shared per-position synapses."
     ids: Value = ctx.arg(0)
     before = set(ctx.graph.groups)
     out = add_embedding(ctx.graph, ctx.source(ids), call.module, ctx.name())
     own_origins(ctx.graph, before, out, call.path)
-    return ctx.result(out)
+    return Value(out, ctx.graph.groups[out].shape, ids.batch)  # a lookup per position: the batch stays where it is
 
 
 @register_module(nn.EmbeddingBag)

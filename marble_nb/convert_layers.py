@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert import Call, ConversionError, Context, Value, register_function, register_method, register_module
+from marble_nb.convert import (
+    Call,
+    ConversionError,
+    Context,
+    Value,
+    batch_anywhere,
+    register_function,
+    register_method,
+    register_module,
+)
 from .kinds import register_kind
 from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, ShapeError, Synapses, numel, window_taps
 
@@ -560,6 +569,7 @@ def convert_view(ctx: Context, call: Call) -> Value:
 def _index_op(fn_of_call):
     "A converter for pure data movement: replay the call on neuron-id tensors and wire targets to sources."
 
+    @batch_anywhere  # gather follows the batch dim wherever the call moves it
     def convert(ctx: Context, call: Call) -> Value:
         sources = [v for v in _flat(ctx.resolve(call.args)) if isinstance(v, Value)]
         return ctx.gather(sources, fn_of_call(ctx, call, sources))

@@ -14,19 +14,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .convert import Call, ConversionError, Context, Value, register_module
-from .convert_embed import Rearrange, own_origins
-from .engine import run, set_state
+from .convert import Call, ConversionError, Context, Value, batch_anywhere, register_module
+from .convert_embed import PerPosition, Rearrange, own_origins
+from .engine import Runner, run, set_state, state_inputs
 from .graph import Graph, GraphSummary
-from .ops import Dense
+from .ops import Dense, Gather
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
 __all__ = ['log', 'RECURRENT_CELLS', 'CellWeights', 'rnn_cell_graph', 'lstm_cell_graph', 'gru_cell_graph', 'RecurrentError',
-           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell',
-           'engine_step_graph', 'graft_graph', 'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle',
-           'save_recurrent', 'load_recurrent', 'restore_hidden']
+           'RecurrentNet', 'time_parallel_split', 'convert_recurrent', 'RecurrentCell', 'convert_cell', 'graft_graph',
+           'add_recurrent', 'recurrent_bundle', 'recurrent_from_bundle', 'save_recurrent', 'load_recurrent',
+           'restore_hidden']
 
 # %% ../nbs/15_convert_recurrent.ipynb #30772b0f
 def _gate(
@@ -56,9 +56,10 @@ def _recurrent_gate(
     b_hh: Tensor | None,
     origin: dict[str, str],
 ) -> str:
-    "A gate `kind(x_<name> + W_hh h + b_hh)` whose input term `x_<name> = W_ih x + b_ih` is its own group."
-    _gate(graph, f"x_{name}", "identity", [("x", w_ih)], b_ih, origin)
-    _gate(graph, name, kind, [] if w_hh is None else [("h", w_hh)], b_hh, origin, n=w_ih.shape[0])
+    "A gate `kind(x_<name> + W_hh h)` whose input term `x_<name> = W_ih x + b_ih + b_hh` is its own group."
+    biases = [b for b in (b_ih, b_hh) if b is not None]
+    _gate(graph, f"x_{name}", "identity", [("x", w_ih)], sum(biases) if biases else None, origin)
+    _gate(graph, name, kind, [] if w_hh is None else [("h", w_hh)], None, origin, n=w_ih.shape[0])
     graph.connect(f"x_{name}", name, Rearrange.identity(w_ih.shape[0]))
     return name
 
@@ -94,11 +95,15 @@ def _new_cell(name: str, cell: str, n_in: int, n_state: int, n_cell: int | None,
     graph = Graph(name, metadata=dict(cell=cell, origin=origin))
     graph.add_input("x", n_in)
     graph.add_input("h", n_state)
-    state = {"h": "h_new"}
     if n_cell is not None:
         graph.add_input("c", n_cell)
-        state["c"] = "c_new"
-    graph.metadata["state"] = state
+    return graph
+
+
+def _finish_cell(graph: Graph, *outputs: str) -> Graph:
+    "Declare the cell's outputs and its recurrent state: each state input takes its `_new` group's value."
+    graph.set_outputs(*outputs)
+    set_state(graph, {n: f"{n}_new" for n in graph.inputs if n != "x"})
     return graph
 
 
@@ -109,8 +114,7 @@ def rnn_cell_graph(w: CellWeights, nonlinearity: str = "tanh", name: str = "rnn"
     graph = _new_cell(name, "rnn", w.weight_ih.shape[1], w.weight_hh.shape[1], None, origin)
     o = dict(origin=origin, origin_type="RNN")
     _recurrent_gate(graph, "h_new", nonlinearity, w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, o)
-    graph.set_outputs("h_new")
-    return graph
+    return _finish_cell(graph, "h_new")
 
 
 def _scaled(t: Tensor | None, scale: Tensor) -> Tensor | None:
@@ -137,8 +141,7 @@ def lstm_cell_graph(w: CellWeights, name: str = "lstm", origin: str = "") -> Gra
     _combine(graph, h, "prod", hidden, [("gates", 1, out), ("tanh_c", 1, 0)], o)
     if w.weight_hr is not None:
         _gate(graph, "h_new", "identity", [("h_full", w.weight_hr)], None, o)
-    graph.set_outputs("h_new", "c_new")
-    return graph
+    return _finish_cell(graph, "h_new", "c_new")
 
 
 def gru_cell_graph(w: CellWeights, name: str = "gru", origin: str = "") -> Graph:
@@ -155,8 +158,7 @@ def gru_cell_graph(w: CellWeights, name: str = "gru", origin: str = "") -> Graph
     _combine(graph, "zn", "prod", hidden, [("rz", 1, z), ("n", 1, 0)], o)
     _combine(graph, "zh", "prod", hidden, [("rz", 1, z), ("h", 1, 0)], o)
     _combine(graph, "h_new", "identity", hidden, [("n", 1, 0), ("zn", -1, 0), ("zh", 1, 0)], o)
-    graph.set_outputs("h_new")
-    return graph
+    return _finish_cell(graph, "h_new")
 
 # %% ../nbs/15_convert_recurrent.ipynb #3177144b
 RECURRENT_CELLS = dict(rnn=rnn_cell_graph, lstm=lstm_cell_graph, gru=gru_cell_graph)
@@ -190,7 +192,7 @@ class RecurrentNet:
     def state_sizes(self) -> dict[str, int]:
         "Size of each state tensor's last dim: h (the output/projection size) and, for an LSTM, c."
         cell = self.cells[0][0]
-        return {name: cell.group(name).size for name in cell.metadata["state"]}
+        return {name: cell.group(name).size for name in state_inputs(cell)}
 
     def zero_state(self, batch: int, like: Tensor) -> dict[str, Tensor]:
         "All-zero state for `batch` sequences, as PyTorch starts."
@@ -230,7 +232,7 @@ class RecurrentNet:
         mode: str = "compact",  # engine mode
     ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
         "Run the whole sequence like the PyTorch module: `(output, h_n)` or `(output, (h_n, c_n))`."
-        seq, unbatched = self._batch_major(x)
+        seq, unbatched = self._time_major(x)
         start = self._bind_state(state, seq, unbatched)
         out, final = self._scan(seq, start, mode)
         return self._pytorch_layout(out, final, unbatched)
@@ -242,13 +244,13 @@ class RecurrentNet:
                 "A bidirectional network cannot be streamed: its reverse direction needs the end of the sequence "
                 "first. Call the network on the whole sequence instead."
             )
-        seq, unbatched = self._batch_major(x)
-        if self.state is not None and self.state["h"].shape[1] != seq.shape[0]:
+        seq, unbatched = self._time_major(x)
+        if self.state is not None and self.state["h"].shape[1] != seq.shape[1]:
             raise RecurrentError(
-                f"The stream state holds {self.state['h'].shape[1]} sequences but this chunk has {seq.shape[0]}: "
+                f"The stream state holds {self.state['h'].shape[1]} sequences but this chunk has {seq.shape[1]}: "
                 "call reset() to start new streams"
             )
-        start = self.state if self.state is not None else self.zero_state(seq.shape[0], seq)
+        start = self.state if self.state is not None else self.zero_state(seq.shape[1], seq)
         out, self.state = self._scan(seq, start, mode)
         return self._pytorch_layout(out, self.state, unbatched)[0]
 
@@ -257,21 +259,21 @@ class RecurrentNet:
         self.state = None
 
     # -- internals ---------------------------------------------------------------------------------
-    def _batch_major(self, x: Tensor) -> tuple[Tensor, bool]:
-        "The input as (B, T, in), and whether it was unbatched; checks the feature size."
+    def _time_major(self, x: Tensor) -> tuple[Tensor, bool]:
+        "The input as (T, B, in) — the order the scan reads it in — and whether it was unbatched; checks its size."
         if x.dim() not in (2, 3) or x.shape[-1] != self.input_size:
             raise RecurrentError(
                 f"Expected input of shape {'(B, T, ' if self.batch_first else '(T, B, '}{self.input_size}) "
                 f"or unbatched (T, {self.input_size}), got {tuple(x.shape)}"
             )
         if x.dim() == 2:
-            return x.unsqueeze(0), True
-        return (x if self.batch_first else x.transpose(0, 1)), False
+            return x.unsqueeze(1), True
+        return (x.transpose(0, 1) if self.batch_first else x), False
 
     def _bind_state(self, state: Any, seq: Tensor, unbatched: bool) -> dict[str, Tensor]:
         "PyTorch-style h_0 / (h_0, c_0) as a state dict of (L*D, B, size) tensors, checked."
         if state is None:
-            return self.zero_state(seq.shape[0], seq)
+            return self.zero_state(seq.shape[1], seq)
         parts = (state,) if torch.is_tensor(state) else tuple(state)
         names = list(self.state_sizes())
         if len(parts) != len(names):
@@ -279,7 +281,7 @@ class RecurrentNet:
         out = {}
         for name, t in zip(names, parts, strict=True):
             t = t.unsqueeze(1) if unbatched else t
-            want = (self.num_layers * self.directions, seq.shape[0], self.state_sizes()[name])
+            want = (self.num_layers * self.directions, seq.shape[1], self.state_sizes()[name])
             if tuple(t.shape) != want:
                 raise RecurrentError(
                     f"State {name} must have shape {want} (layers*directions, batch, size), got {tuple(t.shape)}"
@@ -288,7 +290,7 @@ class RecurrentNet:
         return out
 
     def _scan(self, seq: Tensor, start: dict[str, Tensor], mode: str) -> tuple[Tensor, dict[str, Tensor]]:
-        "Run every layer and direction over the (B, T, in) sequence; returns (B, T, out) and the final state."
+        "Run every layer and direction over the (T, B, in) sequence; returns (T, B, out) and the final state."
         final: dict[str, list[Tensor]] = {k: [] for k in start}
         layer_in = seq
         for layer, graphs in enumerate(self.cells):
@@ -299,14 +301,14 @@ class RecurrentNet:
                 outs.append(out)
                 for n in final:
                     final[n].append(last[n])
-            layer_in = torch.cat(outs, -1)
+            layer_in = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
         return layer_in, {n: torch.stack(v) for n, v in final.items()}
 
     def _pytorch_layout(self, out: Tensor, final: dict[str, Tensor], unbatched: bool) -> tuple[Tensor, Any]:
-        "Output and final state in the module's layout."
+        "Output (given time-major) and final state in the module's layout."
         if unbatched:
-            out, final = out[0], {n: s[:, 0] for n, s in final.items()}
-        elif not self.batch_first:
+            out, final = out[:, 0], {n: s[:, 0] for n, s in final.items()}
+        elif self.batch_first:
             out = out.transpose(0, 1)
         return out, (final["h"], final["c"]) if "c" in final else final["h"]
 
@@ -314,21 +316,15 @@ class RecurrentNet:
 def _scan_cell(
     graph: Graph, seq: Tensor, state: dict[str, Tensor], reverse: bool, mode: str
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    "Step one cell graph through a (B, T, in) sequence (backwards if `reverse`): outputs (B, T, h) and last state."
+    "Step one cell through a (T, B, in) sequence (backwards if `reverse`) with a `Runner`: outputs (T, B, h), last state."
     project, step = time_parallel_split(graph)
-    batch, length = seq.shape[:2]
-    projected = _as_tuple(run(project, seq.reshape(batch * length, -1), mode=mode))
-    projected = [p.reshape(batch, length, -1) for p in projected]
-    names = [n for n in graph.inputs if n != "x"]
-    new_names = [graph.metadata["state"][n] for n in names]
-    steps = range(length - 1, -1, -1) if reverse else range(length)
-    outs: list[Tensor] = [seq.new_zeros(0)] * length
-    for t in steps:
-        result = run(step, *(p[:, t] for p in projected), *(state[n] for n in names), mode=mode)
-        by_name = dict(zip(step.outputs, _as_tuple(result), strict=True))
-        state = {n: by_name[new] for n, new in zip(names, new_names, strict=True)}
-        outs[t] = state["h"]
-    return torch.stack(outs, 1), state
+    length, batch = seq.shape[:2]
+    projected = _as_tuple(run(project, seq.reshape(length * batch, -1), mode=mode))
+    runner = Runner(step, mode)
+    runner.state = state
+    outs = runner.scan(*(p.reshape(length, batch, -1) for p in projected), reverse=reverse)
+    h = step.outputs.index(state_inputs(step)["h"])
+    return torch.stack([o[h] if isinstance(o, tuple) else o for o in outs]), runner.state
 
 
 def _as_tuple(result: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -348,9 +344,10 @@ def time_parallel_split(graph: Graph, time_input: str = "x") -> tuple[Graph, Gra
     if any(n not in stateful for n in graph.outputs):
         raise ValueError(f"Step graph {graph.name!r}: every output must depend on the state, got {graph.outputs}")
     project = _subgraph(graph, f"{graph.name}.project", parallel, [time_input], cut)
-    state_inputs = [n for n in graph.inputs if n != time_input]
+    project.metadata.pop("recurrent_state", None)  # the state lives in the step part
     rest = cut + [n for n in graph.groups if n in stateful]
-    step = _subgraph(graph, f"{graph.name}.step", rest, cut + state_inputs, graph.outputs)
+    state = [n for n in graph.inputs if n != time_input]
+    step = _subgraph(graph, f"{graph.name}.step", rest, cut + state, graph.outputs)
     graph.__dict__["_split_cache"] = (graph.version, (project, step))
     return project, step
 
@@ -430,13 +427,14 @@ class RecurrentCell:
         "One step: PyTorch's cell semantics (state None = zeros; unbatched (in,) input allowed)."
         unbatched = x.dim() == 1
         x = x.unsqueeze(0) if unbatched else x
-        names = [n for n in self.graph.inputs if n != "x"]
-        parts = [None] * len(names) if state is None else ((state,) if torch.is_tensor(state) else tuple(state))
-        values = [
-            x.new_zeros(x.shape[0], self.graph.group(n).size) if s is None else (s.unsqueeze(0) if unbatched else s)
-            for n, s in zip(names, parts, strict=True)
-        ]
-        out = run(self.graph, x, *values, mode=mode)
+        names = list(state_inputs(self.graph))
+        parts = () if state is None else ((state,) if torch.is_tensor(state) else tuple(state))
+        if state is not None and len(parts) != len(names):
+            raise RecurrentError(
+                f"A {self.cell.upper()} cell takes state {' and '.join(names)}, got {len(parts)} tensor(s)"
+            )
+        given = {n: s.unsqueeze(0) if unbatched else s for n, s in zip(names, parts, strict=False)}
+        out, _ = run(self.graph, x, state=given or None, mode=mode)
         out = tuple(o[0] for o in out) if unbatched and isinstance(out, tuple) else (out[0] if unbatched else out)
         return out
 
@@ -446,18 +444,6 @@ def convert_cell(module: nn.RNNCellBase, name: str = "") -> RecurrentCell:
     cell = _cell_name(module)
     w = CellWeights(module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
     return RecurrentCell(_build_cell(cell, w, name or cell, name, getattr(module, "nonlinearity", "tanh")), cell)
-
-# %% ../nbs/15_convert_recurrent.ipynb #9baa22ae
-def engine_step_graph(net: RecurrentNet) -> Graph:
-    "A copy of a single-layer, one-direction network's step graph whose state the engine carries (`Runner`)."
-    if (net.num_layers, net.directions) != (1, 1):
-        raise RecurrentError(
-            f"engine_step_graph needs one layer and one direction, the network has {net.num_layers} and "
-            f"{net.directions}: stream it with RecurrentNet.stream instead"
-        )
-    graph = net.cells[0][0].copy()
-    set_state(graph, graph.metadata["state"])
-    return graph
 
 # %% ../nbs/15_convert_recurrent.ipynb #52075b7a
 def graft_graph(
@@ -493,16 +479,14 @@ def _through(sliced: Rearrange | None, op: Any) -> Any:
     )
 
 
-def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> str:
-    "An nn.RNN/LSTM/GRU unrolled over the T positions of group `src` (T, in); returns the output group (T, D·H)."
-    from marble_nb.convert_embed import PerPosition
-    from marble_nb.ops import Dense, Gather
-
+def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> tuple[str, dict[str, str]]:
+    "An nn.RNN/LSTM/GRU unrolled over the T positions of group `src` (T, in): the output group (T, D·H) and the final state groups {'h': (L·D, H), 'c': …}."
     net = convert_recurrent(module, name)
     length = graph.group(src).shape[0]
     width = net.directions * net.state_sizes()["h"]
     out = graph.add_group(f"{name}.out", (length, width), origin=name, origin_type=type(module).__name__).name
     zeros = {k: graph.add_group(f"{name}.{k}0", size, origin=name).name for k, size in net.state_sizes().items()}
+    finals: dict[str, list[str]] = {k: [] for k in zeros}  # the last state of every layer and direction
     layer_in = src
     for layer, cells in enumerate(net.cells):
         layer_out = (
@@ -532,13 +516,26 @@ def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> str:
                 }
                 bindings.update({k: (v, None) for k, v in state.items()})
                 names = graft_graph(graph, step, f"{tag}.t{t}", bindings)
-                state = {k: names[new] for k, new in cell.metadata["state"].items()}
+                state = {k: names[new] for k, new in state_inputs(cell).items()}
                 h = graph.group(state["h"]).size
                 index = torch.full((length, width), -1, dtype=torch.long)
                 index[t, direction * h : (direction + 1) * h] = torch.arange(h)
                 graph.connect(state["h"], layer_out, Gather(index.reshape(-1), torch.tensor(1.0)))
+            for k in finals:
+                finals[k].append(state[k])
         layer_in = layer_out
-    return out
+    return out, {k: _stack_rows(graph, groups, f"{name}.{k}_n", name) for k, groups in finals.items()}
+
+
+def _stack_rows(graph: Graph, rows: list[str], name: str, origin: str) -> str:
+    "A group (len(rows), size) whose row i is group rows[i] — PyTorch's h_n / c_n, one row per layer and direction."
+    size = graph.group(rows[0]).size
+    graph.add_group(name, (len(rows), size), origin=origin)
+    for i, row in enumerate(rows):
+        index = torch.full((len(rows), size), -1, dtype=torch.long)
+        index[i] = torch.arange(size)
+        graph.connect(row, name, Gather(index.reshape(-1), torch.tensor(1.0)))
+    return name
 
 # %% ../nbs/15_convert_recurrent.ipynb #5193b020
 def _prefix(layer: int, direction: int) -> str:
@@ -565,6 +562,16 @@ def recurrent_bundle(net: RecurrentNet) -> Graph:
     return bundle
 
 
+def _saved_state_map(meta: dict[str, Any], name: str) -> dict[str, str]:
+    "A saved cell's state map: `recurrent_state`, or `state` in files written before cells used the engine's map."
+    mapping = meta.get("recurrent_state", meta.get("state"))
+    if not isinstance(mapping, dict):
+        raise ValueError(
+            f"Graph {name!r}: cell {meta.get('name')!r} has no state map ('recurrent_state'); the file is damaged"
+        )
+    return mapping
+
+
 def recurrent_from_bundle(bundle: Graph) -> RecurrentNet:
     "The network (and stream state, when saved) held by a graph made by `recurrent_bundle`."
     spec = bundle.metadata.get("recurrent")
@@ -575,7 +582,8 @@ def recurrent_from_bundle(bundle: Graph) -> RecurrentNet:
         cells.append([])
         for direction, meta in enumerate(layer_specs):
             prefix = _prefix(layer, direction) + "."
-            cell = Graph(meta["name"], {k: v for k, v in meta.items() if k not in ("name", "outputs")})
+            info = {k: v for k, v in meta.items() if k not in ("name", "outputs", "state", "recurrent_state")}
+            cell = Graph(meta["name"], info)
             for n in bundle.inputs:
                 if n.startswith(prefix):
                     cell.add_input(n.removeprefix(prefix), bundle.groups[n].shape)
@@ -590,6 +598,7 @@ def recurrent_from_bundle(bundle: Graph) -> RecurrentNet:
                 if c.dst.startswith(prefix)
             ]
             cell.set_outputs(*meta["outputs"])
+            set_state(cell, _saved_state_map(meta, bundle.name))
             cells[-1].append(cell)
     net = RecurrentNet(cells, spec["cell"], spec["batch_first"])
     net.state = {k: torch.stack(v) for k, v in state.items()} or None
@@ -611,20 +620,34 @@ def load_recurrent(path: str | Path) -> RecurrentNet:
 
 # %% ../nbs/15_convert_recurrent.ipynb #0ba553e3
 @register_module(nn.RNN, nn.LSTM, nn.GRU)
-def _convert_rnn(ctx: Context, call: Call) -> tuple[Value, None]:
-    "nn.RNN/LSTM/GRU (batch_first, zero initial state) unrolled over the example's length: (output, None)."
-    module = call.module
-    if not module.batch_first:
-        raise ConversionError(
-            f"{call.path}: convert_model treats dim 0 as the batch, so {type(module).__name__} must be "
-            "batch_first=True (or convert it alone with convert_recurrent)"
-        )
+@batch_anywhere
+def _convert_rnn(ctx: Context, call: Call) -> tuple[Value, Value | tuple[Value, Value]]:
+    "nn.RNN/LSTM/GRU from zero state, unrolled over the example's length: `(output, h_n)` or `(output, (h_n, c_n))`."
+    module, x = call.module, ctx.arg(0)
+    _check_sequence(x, module, call.path)
     if ctx.param(1, "hx") is not None:
         raise ConversionError(f"{call.path}: an initial state is not supported here; use convert_recurrent for state")
     before = set(ctx.graph.groups)
-    out = add_recurrent(ctx.graph, ctx.source(ctx.arg(0)), module, ctx.name())
+    out, final = add_recurrent(ctx.graph, ctx.source(x), module, ctx.name())
     own_origins(ctx.graph, before, out, call.path)
-    return ctx.result(out), None
+    output = Value(out, ctx.graph.groups[out].shape, batch=0 if module.batch_first else 1)
+    h, c = (Value(final[k], ctx.graph.groups[final[k]].shape, batch=1) if k in final else None for k in "hc")
+    return output, h if c is None else (h, c)
+
+
+def _check_sequence(x: Any, module: nn.RNNBase, path: str) -> None:
+    "Raise unless `x` is a sequence (T, features) per sample with its batch where the module expects it."
+    name = f"{type(module).__name__}(batch_first={module.batch_first}) at {path}"
+    if not isinstance(x, Value) or len(x.shape) != 2:
+        raise ConversionError(f"{name} needs a traced (T, features) sequence per sample, got {x!r}")
+    if module.batch_first and x.batch:
+        raise ConversionError(f"{name} reads (batch, T, features) but gets a tensor whose batch is in dim {x.batch}")
+    if not module.batch_first and x.batch != 1:
+        raise ConversionError(
+            f"{name} reads (T, batch, features) but gets a batch-first tensor, whose batch PyTorch would treat as "
+            "time. convert_model takes batch-first inputs: transpose them inside the model (x.transpose(0, 1)) or "
+            "use batch_first=True; or convert the layer alone with convert_recurrent"
+        )
 
 # %% ../nbs/15_convert_recurrent.ipynb #84ea94d4
 def restore_hidden(module: nn.RNNBase, path: str | Path) -> RecurrentNet:

@@ -6,38 +6,37 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graph import Graph, GraphError, Group
-from .kinds import UnknownKindError, get_kind
-from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, Sparse
+from .graph import Connection, Graph, GraphError, Group
+from .kinds import KINDS, NeuronKind, UnknownKindError, get_kind
+from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, Dense, Sparse, numel
 
 MODES = ("compact", "synapse")
 
 # %% auto #0
-__all__ = ['MODES', 'Hook', 'state_inputs', 'set_state', 'run_all', 'run', 'Runner', 'MarbleModule']
+__all__ = ['MODES', 'Accumulator', 'ACCUMULATORS', 'Step', 'Accumulate', 'Fusion', 'FUSIONS', 'Hook', 'state_inputs', 'set_state',
+           'register_accumulator', 'register_fusion', 'run_all', 'run', 'Runner', 'MarbleModule']
 
 # %% ../nbs/03_engine.ipynb #754195a7
-def _bind_inputs(graph: Graph, inputs: tuple[Tensor, ...], device: Any) -> dict[str, Tensor]:
-    "Map graph inputs to tensors shaped (batch, *group.shape), checking count and sizes."
-    if len(inputs) != len(graph.inputs):
-        raise GraphError(f"Graph {graph.name!r} takes {len(graph.inputs)} input(s) {graph.inputs}, got {len(inputs)}")
-    values = {}
-    for name, x in zip(graph.inputs, inputs, strict=True):
-        group = graph.groups[name]
+def _as_input(graph: Graph, name: str, x: Any, device: torch.device | None) -> Tensor:
+    "One input as a float tensor on `device` shaped (batch, *group.shape), or an error giving the expected shape."
+    group = graph.groups[name]
+    if not torch.is_tensor(x) or (device is not None and x.device != device):
         x = torch.as_tensor(x, device=device)
-        if not x.is_floating_point():
-            x = x.float()
-        if x.dim() == 0 or x[0].numel() != group.size:
-            raise GraphError(
-                f"Input {name!r} expects batch-first tensors of shape (batch, {', '.join(map(str, group.shape))}), "
-                f"got {tuple(x.shape)}"
-            )
-        values[name] = x.reshape(x.shape[0], *group.shape)
-    return values
+    if not x.is_floating_point():
+        x = x.float()
+    if x.dim() == 0 or numel(x.shape[1:]) != group.size:
+        raise GraphError(
+            f"Input {name!r} expects batch-first tensors of shape (batch, {', '.join(map(str, group.shape))}), "
+            f"got {tuple(x.shape)}"
+        )
+    return x if x.shape[1:] == group.shape else x.reshape(x.shape[0], *group.shape)
 
 # %% ../nbs/03_engine.ipynb #38ef324d
 def state_inputs(graph: Graph) -> dict[str, str]:
@@ -57,30 +56,67 @@ def set_state(graph: Graph, mapping: dict[str, str]) -> None:
     graph.metadata["recurrent_state"] = dict(mapping)
 
 
-def _with_state(graph: Graph, inputs: tuple, state: dict[str, Tensor] | None, device: Any) -> tuple:
-    "The full input tuple in graph order: positional inputs for ordinary inputs, state (or zeros) for state inputs."
-    states = state_inputs(graph)
-    if not states:
-        if state:
-            raise GraphError(f"Graph {graph.name!r} has no recurrent state; do not pass state=")
-        return inputs
-    plain = [n for n in graph.inputs if n not in states]
-    if len(inputs) != len(plain):
-        raise GraphError(
-            f"Graph {graph.name!r} takes {len(plain)} input(s) {plain} besides its state, got {len(inputs)}"
-        )
-    given, state = iter(inputs), dict(state or {})
-    batch = inputs[0].shape[0] if inputs else 1
-    out = []
+def _bind(graph: Graph, inputs: tuple, state: dict[str, Tensor] | None, device: Any) -> dict[str, Tensor]:
+    "Every graph input as a tensor: positional inputs for ordinary inputs, `state` (or zeros) for state inputs."
+    states = graph.metadata.get("recurrent_state") or {}
+    if state and not states:
+        raise GraphError(f"Graph {graph.name!r} has no recurrent state; do not pass state=")
+    if len(inputs) != len(graph.inputs) - len(states):
+        plain = [n for n in graph.inputs if n not in states]
+        besides = " besides its state" if states else ""
+        raise GraphError(f"Graph {graph.name!r} takes {len(plain)} input(s) {plain}{besides}, got {len(inputs)}")
+    if device is not None:
+        device = torch.device(device)
+    elif inputs and torch.is_tensor(inputs[0]):
+        device = inputs[0].device
+    values, given = {}, iter(inputs)
     for name in graph.inputs:
-        if name in states:
-            default = torch.zeros(batch, *graph.groups[name].shape, device=device)
-            out.append(state.get(name, default))
+        if name not in states:
+            x = next(given)
+        elif state and name in state:
+            x = state[name]
         else:
-            out.append(next(given))
-    return tuple(out)
+            x = torch.zeros(inputs[0].shape[0] if inputs else 1, *graph.groups[name].shape, device=device)
+        values[name] = _as_input(graph, name, x, device)
+    return values
 
 # %% ../nbs/03_engine.ipynb #5353e384
+Accumulator = Callable[[Any, Tensor, "Tensor | None", tuple, tuple], Tensor]
+ACCUMULATORS: dict[type, Accumulator] = {}
+
+
+def register_accumulator(*types: type) -> Callable[[Accumulator], Accumulator]:
+    "Decorator: `fn(op, x, acc, src_shape, dst_shape)` returns `acc` + the weighted sum of `x` through `op` (acc None: the sum alone)."
+
+    def decorator(fn: Accumulator) -> Accumulator:
+        ACCUMULATORS.update(dict.fromkeys(types, fn))
+        return fn
+
+    return decorator
+
+
+def _accumulator(op_type: type) -> Accumulator:
+    "The accumulator registered for `op_type` (or a base class), else weighted sum plus addition."
+    return next((ACCUMULATORS[t] for t in op_type.__mro__ if t in ACCUMULATORS), _add_weighted_sum)
+
+
+def _add_weighted_sum(op: Any, x: Tensor, acc: Tensor | None, src_shape: tuple, dst_shape: tuple) -> Tensor:
+    "The generic accumulator: the operator's kernel, then one addition."
+    term = op.reduce(x, src_shape, dst_shape, "sum")
+    return term if acc is None else acc + term
+
+
+@register_accumulator(Dense)
+def _dense_accumulate(op: Dense, x: Tensor, acc: Tensor | None, src_shape: tuple, dst_shape: tuple) -> Tensor:
+    "x·Wᵀ added to `acc` (a bias or the sum so far) in one kernel: `F.linear`, an addmm when `acc` is given."
+    batch, w = x.shape[0], op.weight if op.weight.dtype == x.dtype else op.weight.to(x.dtype)
+    x = x if x.dim() == 2 else x.reshape(batch, -1)
+    if acc is not None and (acc.dim() > 2 or len(dst_shape) > 1):
+        acc = acc.reshape(-1, w.shape[0])
+    out = F.linear(x, w, acc)
+    return out if len(dst_shape) == 1 else out.reshape(batch, *dst_shape)
+
+
 def _combine(parts: list[Tensor], aggregate: str) -> Tensor:
     "Combine per-connection aggregates into one, with the kind's reduction."
     out = parts[0]
@@ -106,10 +142,11 @@ def _in_degree(graph: Graph, name: str, device: Any) -> Tensor:
     return deg.reshape(group.shape)
 
 
-def _compact_pre(graph: Graph, group: Group, values: dict[str, Tensor], batch: int, like: Tensor) -> Tensor:
-    "Pre-activation of `group` from its incoming connections, each through its operator's kernel."
-    kind = get_kind(group.kind)
-    conns = graph.incoming(group.name)
+def _compact_pre(
+    graph: Graph, group: Group, kind: NeuronKind, conns: list[Connection], values: dict[str, Tensor], batch: int
+) -> Tensor:
+    "Pre-activation of a group whose kind is not a plain sum, from its incoming connections `conns`."
+    like = next(iter(values.values()))
     if kind.slots > 1:
         pre = like.new_zeros(batch, *group.shape, kind.slots)
         for c in conns:
@@ -125,11 +162,25 @@ def _compact_pre(graph: Graph, group: Group, values: dict[str, Tensor], batch: i
     return pre
 
 
-def _activate(group: Group, pre: Tensor) -> Tensor:
+def _activate(kind: NeuronKind, group: Group, pre: Tensor) -> Tensor:
     "Add the group's bias and apply its kind's activation."
     if group.bias is not None:
         pre = pre + group.bias.to(pre).reshape(group.shape)
-    return get_kind(group.kind).activation(pre, group)
+    return kind.activation(pre, group)
+
+
+def _sum_pre(group: Group, terms: list[Accumulate], values: dict[str, Tensor], batch: int) -> Tensor:
+    "Bias plus every incoming term of a `sum` group, each term added by its accumulator."
+    acc, bias = None, group.bias
+    if bias is not None:
+        acc = bias.to(next(iter(values.values())))
+        acc = acc if len(group.shape) == 1 else acc.reshape(group.shape)
+    for term in terms:
+        acc = term(values, acc)
+    if acc is None or acc.dim() == len(group.shape):  # no synapses: the bias (or zero) for every sample
+        zeros = next(iter(values.values())).new_zeros(batch, *group.shape)
+        return zeros if acc is None else zeros + acc
+    return acc
 
 # %% ../nbs/03_engine.ipynb #ffae98ba
 def _explicit(graph: Graph) -> dict[int, Sparse]:
@@ -144,14 +195,21 @@ def _explicit(graph: Graph) -> dict[int, Sparse]:
     return cache[1]
 
 
-def _message_pass(graph: Graph, group: Group, values: dict[str, Tensor], batch: int, chunk: int) -> Tensor:
-    "The pre-activation of `group`, aggregated over its explicit incoming synapses."
-    kind = get_kind(group.kind)
+def _message_pass(
+    graph: Graph,
+    group: Group,
+    kind: NeuronKind,
+    conns: list[Connection],
+    values: dict[str, Tensor],
+    batch: int,
+    chunk: int,
+) -> Tensor:
+    "The pre-activation of `group`, aggregated over the explicit synapses of its incoming connections `conns`."
     agg = "sum" if kind.aggregate == "mean" or kind.slots > 1 else kind.aggregate
     explicit = _explicit(graph)
     like = next(iter(values.values()))
     pre = like.new_full((batch, group.size, kind.slots), REDUCE_IDENTITY[agg])
-    for c in graph.incoming(group.name):
+    for c in conns:
         op, x = explicit[id(c)], values[c.src].reshape(batch, -1)
         if agg == "sum":
             pre[..., c.slot] += (op.as_csr(x.dtype) @ x.T).T
@@ -172,6 +230,123 @@ def _scatter_reduce(out: Tensor, op: Sparse, x: Tensor, agg: str, chunk: int) ->
         msg = x[:, op.src[s].long()] * op.weight[s].to(x.dtype)
         out.scatter_reduce_(1, rows.expand_as(msg), msg, SCATTER_REDUCE[agg])
 
+# %% ../nbs/03_engine.ipynb #fc6a0c4e
+Step = Callable[[dict[str, Tensor], int, int], Tensor]
+Accumulate = Callable[[dict[str, Tensor], "Tensor | None"], Tensor]  # (values, acc) -> acc + a connection's term
+
+
+@dataclass(eq=False)
+class _Plan:
+    "The steps computing a graph's groups, in topological levels; valid while the graph and its kinds are as built."
+
+    version: int  # graph.version it was built for
+    outputs: list[str]  # graph.outputs then
+    state: dict[str, str]  # the graph's state map then
+    kinds: dict[str, NeuronKind]  # the registered kinds it uses
+    levels: list[list[tuple[str, Step]]]
+    steps: list[tuple[str, Step]] = field(init=False)  # the levels one after another
+
+    def __post_init__(self) -> None:
+        self.steps = [s for level in self.levels for s in level]
+
+    def valid_for(self, graph: Graph) -> bool:
+        return (
+            self.version == graph.version
+            and self.outputs == graph.outputs
+            and self.state == (graph.metadata.get("recurrent_state") or {})
+            and all(KINDS.get(name) is kind for name, kind in self.kinds.items())
+        )
+
+
+def _sum_term(graph: Graph, c: Connection) -> Accumulate:
+    "Connection `c` as a term of its target's sum, added by its operator's accumulator."
+    src, src_shape, dst_shape = c.src, graph.groups[c.src].shape, graph.groups[c.dst].shape
+    add = _accumulator(type(c.op))
+    return lambda values, acc: add(c.op, values[src], acc, src_shape, dst_shape)
+
+
+def _compact_step(graph: Graph, group: Group, fused: dict[int, Accumulate]) -> Step:
+    "How compact mode computes `group`: fused terms and addmm for `sum` neurons, each operator's kernel otherwise."
+    kind, conns = get_kind(group.kind), graph.incoming(group.name)
+    if kind.aggregate == "sum" and kind.slots == 1:
+        conns = sorted(conns, key=lambda c: isinstance(c.op, Dense))  # dense last: its addmm takes in the rest
+        terms = [fused.get(id(c)) or _sum_term(graph, c) for c in conns]
+        activation = kind.activation
+        return lambda values, batch, chunk: activation(_sum_pre(group, terms, values, batch), group)
+    return lambda values, batch, chunk: _activate(kind, group, _compact_pre(graph, group, kind, conns, values, batch))
+
+
+def _synapse_step(graph: Graph, group: Group) -> Step:
+    "How synapse mode computes `group`: message passing over its explicit incoming synapses."
+    kind, conns = get_kind(group.kind), graph.incoming(group.name)
+    return lambda values, batch, chunk: _activate(
+        kind, group, _message_pass(graph, group, kind, conns, values, batch, chunk)
+    )
+
+
+def _plan(graph: Graph, mode: str, fuse: bool) -> _Plan:
+    "The graph's plan for `mode` (with fusions when `fuse`), built on first use and kept until the graph changes."
+    fuse = fuse and mode == "compact"  # synapse mode passes every message
+    plans = graph.__dict__.setdefault("_plans", {})
+    plan = plans.get((mode, fuse))
+    if plan is None or not plan.valid_for(graph):
+        _check_kinds(graph)
+        fused = _fusions(graph) if fuse else {}
+        away = {c.src for c in graph.connections if id(c) in fused}
+        step = (lambda g: _compact_step(graph, g, fused)) if mode == "compact" else (lambda g: _synapse_step(graph, g))
+        levels = [
+            [(n, step(graph.groups[n])) for n in level if n not in graph.inputs and n not in away]
+            for level in _levels(graph)
+        ]
+        kinds = {g.kind: get_kind(g.kind) for g in graph.groups.values()}
+        state = dict(graph.metadata.get("recurrent_state") or {})
+        plans[(mode, fuse)] = plan = _Plan(graph.version, list(graph.outputs), state, kinds, levels)
+    return plan
+
+
+def _check_kinds(graph: Graph) -> None:
+    "Fail before computing if a group's kind is not registered here (e.g. a graph made where a user kind existed)."
+    for group in graph.groups.values():
+        try:
+            get_kind(group.kind)
+        except UnknownKindError as e:
+            raise UnknownKindError(f"group {group.name!r}: {e}") from None
+
+
+def _levels(graph: Graph) -> list[list[str]]:
+    "Topological levels, cached per graph version."
+    cache = graph.__dict__.get("_levels_cache")
+    if cache is None or cache[0] != graph.version:
+        graph.__dict__["_levels_cache"] = cache = (graph.version, graph.levels())
+    return cache[1]
+
+# %% ../nbs/03_engine.ipynb #b5ff7ece
+Fusion = Callable[[Graph, Connection], "Accumulate | None"]
+FUSIONS: list[Fusion] = []
+
+
+def register_fusion(rule: Fusion) -> Fusion:
+    "Register a compact-mode fusion rule (see above); rules are tried in registration order."
+    FUSIONS.append(rule)
+    return rule
+
+
+def _fusions(graph: Graph) -> dict[int, Accumulate]:
+    "id(connection) -> its fused term, for every connection whose source group a registered rule computes away."
+    keep = set(graph.inputs) | set(graph.outputs) | set(state_inputs(graph).values())
+    fused: dict[int, Accumulate] = {}
+    away: set[str] = set()
+    for level in _levels(graph):
+        for name in level:
+            out = graph.outgoing(name)
+            if name in keep or len(out) != 1 or any(c.src in away for c in graph.incoming(name)):
+                continue
+            term = next((t for rule in FUSIONS if (t := rule(graph, out[0])) is not None), None)
+            if term is not None:
+                fused[id(out[0])] = term
+                away.add(name)
+    return fused
+
 # %% ../nbs/03_engine.ipynb #a4df7d42
 Hook = Callable[[Graph, int, dict[str, Tensor]], None]
 
@@ -186,26 +361,13 @@ def run_all(
     hook: Hook | None = None,  # called after each level as hook(graph, level, values); may grow the graph
 ) -> dict[str, Tensor]:
     "Execute `graph` and return the value of every group, batch-first (for validation and inspection)."
+    _check_mode(mode)
+    return _evaluate(graph, _plan(graph, mode, fuse=False), inputs, mode, state, device, chunk, hook)
+
+
+def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose one of {MODES}")
-    device = device if device is not None else (inputs[0].device if inputs and torch.is_tensor(inputs[0]) else None)
-    _check_kinds(graph)
-    values = _bind_inputs(graph, _with_state(graph, inputs, state, device), device)
-    batch, like = next(iter(values.values())).shape[0], next(iter(values.values()))
-    if mode == "compact":
-        _run_compact(graph, values, batch, like, hook)
-    else:
-        _run_synapse(graph, values, batch, chunk, hook)
-    return values
-
-
-def _check_kinds(graph: Graph) -> None:
-    "Fail before computing if a group's kind is not registered here (e.g. a graph made where a user kind existed)."
-    for group in graph.groups.values():
-        try:
-            get_kind(group.kind)
-        except UnknownKindError as e:
-            raise UnknownKindError(f"group {group.name!r}: {e}") from None
 
 
 def run(
@@ -220,42 +382,42 @@ def run(
     "Execute `graph`; returns its output(s), and for a recurrent graph `(outputs, new_state)`."
     if not graph.outputs:
         raise GraphError(f"Graph {graph.name!r} has no outputs: call graph.set_outputs(...)")
-    values = run_all(graph, *inputs, mode=mode, state=state, device=device, chunk=chunk, hook=hook)
-    outs = tuple(values[n] for n in graph.outputs)
-    outs = outs[0] if len(outs) == 1 else outs
-    if not state_inputs(graph):
-        return outs
-    return outs, {name: values[src] for name, src in state_inputs(graph).items()}
+    _check_mode(mode)
+    plan = _plan(graph, mode, fuse=hook is None)
+    outs, new_state = _results(plan, _evaluate(graph, plan, inputs, mode, state, device, chunk, hook))
+    return outs if not plan.state else (outs, new_state)
 
 
-def _run_compact(graph: Graph, values: dict[str, Tensor], batch: int, like: Tensor, hook: Hook | None) -> None:
-    for i, level in enumerate(_levels(graph)):
-        for name in level:
-            if name not in values:
-                group = graph.groups[name]
-                values[name] = _activate(group, _compact_pre(graph, group, values, batch, like))
-        if hook is not None:
-            hook(graph, i, values)
+def _results(plan: _Plan, values: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor]]:
+    "The outputs (one tensor, or a tuple) and the new state of a run."
+    outs = values[plan.outputs[0]] if len(plan.outputs) == 1 else tuple(values[n] for n in plan.outputs)
+    return outs, {name: values[src] for name, src in plan.state.items()}
 
 
-def _run_synapse(graph: Graph, values: dict[str, Tensor], batch: int, chunk: int, hook: Hook | None) -> None:
+def _execute(plan: _Plan, values: dict[str, Tensor], batch: int, chunk: int) -> dict[str, Tensor]:
+    "Run every step of the plan on the bound inputs in `values`."
+    for name, step in plan.steps:
+        values[name] = step(values, batch, chunk)
+    return values
+
+
+def _evaluate(
+    graph: Graph, plan: _Plan, inputs: tuple, mode: str, state: Any, device: Any, chunk: int, hook: Hook | None
+) -> dict[str, Tensor]:
+    "Bind the inputs and run the plan; with a hook, level by level, switching to a new plan if the hook grew the graph."
+    values = _bind(graph, inputs, state, device)
+    batch = next(iter(values.values())).shape[0]
+    if hook is None:
+        return _execute(plan, values, batch, chunk)
     i = 0
-    while i < len(levels := _levels(graph)):  # levels are re-read: a hook may have grown the graph
-        for name in levels[i]:
+    while i < len(plan.levels):
+        for name, step in plan.levels[i]:
             if name not in values:
-                group = graph.groups[name]
-                values[name] = _activate(group, _message_pass(graph, group, values, batch, chunk))
-        if hook is not None:
-            hook(graph, i, values)
+                values[name] = step(values, batch, chunk)
+        hook(graph, i, values)
+        plan = _plan(graph, mode, fuse=False)  # the same plan unless the hook changed the graph
         i += 1
-
-
-def _levels(graph: Graph) -> list[list[str]]:
-    "Topological levels, cached per graph version."
-    cache = graph.__dict__.get("_levels_cache")
-    if cache is None or cache[0] != graph.version:
-        graph.__dict__["_levels_cache"] = cache = (graph.version, graph.levels())
-    return cache[1]
+    return values
 
 # %% ../nbs/03_engine.ipynb #b8a06fff
 class Runner:
@@ -268,6 +430,25 @@ class Runner:
     def step(self, *inputs: Tensor) -> Any:
         "One step: the outputs for these inputs, given everything fed since the last reset."
         outs, self.state = run(self.graph, *inputs, mode=self.mode, state=self.state, device=self.device)
+        return outs
+
+    def scan(self, *sequences: Tensor, reverse: bool = False) -> list[Any]:
+        "One step per position of time-major sequences (T, batch, ...), last first if `reverse`: each step's outputs."
+        if not sequences or len({s.shape[0] for s in sequences}) != 1:
+            raise GraphError(
+                f"scan takes time-major sequences of one length, got {[tuple(s.shape) for s in sequences]}"
+            )
+        length, batch = sequences[0].shape[:2]
+        first = self.step(*(s[length - 1 if reverse else 0] for s in sequences))  # checks shapes, binds the state
+        plain = [n for n in self.graph.inputs if n not in (self.graph.metadata.get("recurrent_state") or {})]
+        steps = [_as_input(self.graph, n, s.flatten(0, 1), self.device).unflatten(0, (length, batch)).unbind()
+                 for n, s in zip(plain, sequences, strict=True)]  # fmt: skip
+        plan, outs = _plan(self.graph, self.mode, fuse=True), [first] * length
+        for t in range(length - 2, -1, -1) if reverse else range(1, length):
+            values = dict(self.state)
+            for name, seq in zip(plain, steps, strict=True):
+                values[name] = seq[t]
+            outs[t], self.state = _results(plan, _execute(plan, values, batch, 1 << 24))
         return outs
 
     def reset(self) -> None:

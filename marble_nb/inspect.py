@@ -698,7 +698,8 @@ def plot_weight_histograms(
 
 def plot_activation_histograms(
     graph: Graph,
-    *inputs: Tensor,  # a batch for the graph's inputs
+    *inputs: Tensor,  # a batch for the graph's inputs (a recurrent graph's state inputs excluded)
+    state: dict[str, Tensor] | None = None,  # recurrent graphs: the state to run from (default zeros)
     groups: Iterable[str] | None = None,  # default: every group that is not a graph input
     bins: int = 40,
     ncols: int = 4,
@@ -706,7 +707,7 @@ def plot_activation_histograms(
     "Histogram of each group's activations for the given inputs (one compact run)."
     names = _selected(graph, groups, lambda n: n not in graph.inputs)
     with torch.no_grad():
-        acts = run_all(graph, *inputs)
+        acts = run_all(graph, *inputs, state=state)
     fig, axes = _grid(len(names), ncols)
     for ax, name in zip(axes, names, strict=True):
         a = acts[name].detach().float().cpu().reshape(-1)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .graph import Graph
-from .engine import run_all
+from .engine import run_all, state_inputs
 from .inspect import _coords, _shape, neuron_links
 from .kinds import GATE_NAMES, get_kind
 
@@ -25,7 +25,7 @@ __all__ = ['log', 'SEARCH_HELP', 'NeuronInspector', 'find', 'details', 'links', 
 
 # %% ../nbs/51_widgets.ipynb #c1c6d2e9
 def _bind_sample(graph: Graph, sample: Tensor | tuple[Tensor, ...] | None) -> dict[str, Tensor] | None:
-    "Activations of every group for one sample (per graph input: batch of 1 or unbatched), or None."
+    "Activations of every group for one sample (per graph input, state inputs included: batch of 1 or unbatched)."
     if sample is None:
         return None
     inputs = sample if isinstance(sample, (tuple, list)) else (sample,)
@@ -38,9 +38,12 @@ def _bind_sample(graph: Graph, sample: Tensor | tuple[Tensor, ...] | None) -> di
                 f"The sample for input {name!r} has shape {tuple(x.shape)} ({x.numel()} values); the inspector shows "
                 f"one sample: give {size} values shaped {graph.groups[name].shape} or (1, *shape)"
             )
-        batched.append(x.reshape(1, *graph.groups[name].shape))
+        batched.append((name, x.reshape(1, *graph.groups[name].shape)))
+    states = state_inputs(graph)  # a recurrent graph's state inputs go in as its state (zeros when not given)
+    plain = [x for name, x in batched if name not in states]
+    state = {name: x for name, x in batched if name in states}
     with torch.no_grad():
-        return {k: v[0] for k, v in run_all(graph, *batched).items()}
+        return {k: v[0] for k, v in run_all(graph, *plain, state=state or None).items()}
 
 
 def _fmt(v: float) -> str:

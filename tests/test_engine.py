@@ -171,3 +171,43 @@ def test_cpu_and_cuda_agree():
     cpu = run(g, x, mode="synapse")
     g.to("cuda")
     torch.testing.assert_close(run(g, x.cuda(), mode="synapse").cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_plans_read_weights_at_call_time():
+    "A kept plan sees weights changed in place (an optimiser step) or replaced (graph.to), not stale copies."
+    torch.manual_seed(1)
+    g = Graph("trained")
+    g.add_input("x", 4)
+    g.add_group("h", 3, "tanh", bias=torch.zeros(3))
+    g.connect("x", "h", Dense(torch.randn(3, 4)))
+    g.set_outputs("h")
+    x = torch.randn(5, 4)
+    module = g.to_module()
+    optimiser = torch.optim.SGD(module.parameters(), lr=0.5)
+    module(x).sum().backward()
+    optimiser.step()
+    with torch.no_grad():
+        weight, bias = (getattr(module, k) for k in ("connections_0_weight", "groups_1_bias"))
+        torch.testing.assert_close(module(x), torch.tanh(x @ weight.T + bias))
+    run(g, x)  # the plan of `g` itself is kept ...
+    g.to(dtype=torch.float64)  # ... and follows the new tensors
+    want = torch.tanh(x.double() @ g.connections[0].op.weight.T + g.group("h").bias)
+    torch.testing.assert_close(run(g, x.double()), want)
+
+
+def test_runner_scan_equals_steps():
+    torch.manual_seed(2)
+    g = Graph("scan")
+    g.add_input("x", 2)
+    g.add_input("h_prev", 3)
+    g.add_group("h", 3, "tanh", bias=torch.randn(3))
+    g.connect("x", "h", Dense(torch.randn(3, 2)))
+    g.connect("h_prev", "h", Dense(torch.randn(3, 3)))
+    g.set_outputs("h")
+    set_state(g, {"h_prev": "h"})
+    seq = torch.randn(7, 4, 2)  # time-major
+    for mode in MODES:
+        stepper, scanner = Runner(g, mode=mode), Runner(g, mode=mode)
+        steps = [stepper.step(seq[t]) for t in range(7)]
+        torch.testing.assert_close(torch.stack(scanner.scan(seq)), torch.stack(steps))
+        torch.testing.assert_close(scanner.state["h_prev"], stepper.state["h_prev"])

@@ -62,7 +62,7 @@ class Recurrent(nn.Module):
         self.rnn = cls(3, 4, num_layers=2, batch_first=True)
 
     def forward(self, x):
-        return self.rnn(x)
+        return self.rnn(x)[0]
 
 
 @pytest.mark.parametrize("cls", [nn.RNN, nn.GRU, nn.LSTM])
@@ -72,9 +72,90 @@ def test_recurrent_unrolled(cls):
     x = torch.randn(2, 6, 3)
     graph = convert_model(model, x)
     with torch.no_grad():
-        want = model(x)[0]
+        want = model(x)
     for mode in MODES:
         torch.testing.assert_close(run(graph, x, mode=mode), want, atol=1e-5, rtol=1e-4)
+
+
+class FinalStateClassifier(nn.Module):
+    "Classify a sequence from the recurrent layer's final state, as PyTorch code usually does."
+
+    def __init__(self, cls, batch_first, bidirectional):
+        super().__init__()
+        self.batch_first, self.bidirectional, self.lstm = batch_first, bidirectional, cls is nn.LSTM
+        self.rnn = cls(3, 5, num_layers=2, batch_first=batch_first, bidirectional=bidirectional)
+        self.fc = nn.Linear(10 if bidirectional else 5, 2)
+
+    def forward(self, x):  # x: (batch, T, 3)
+        out, state = self.rnn(x if self.batch_first else x.transpose(0, 1))
+        h = state[0] if self.lstm else state  # an LSTM returns (h_n, c_n)
+        last = torch.cat((h[-2], h[-1]), dim=1) if self.bidirectional else h[-1]
+        first_step = out[:, 0] if self.batch_first else out[0]
+        return self.fc(last), first_step
+
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.GRU, nn.LSTM])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_final_state_in_convert_model(cls, batch_first, bidirectional):
+    torch.manual_seed(7)
+    model = FinalStateClassifier(cls, batch_first, bidirectional).eval()
+    x = torch.randn(4, 6, 3)
+    graph = assert_outputs_match(model, x)
+    for mode in MODES:
+        report = validate(model, graph, x, mode=mode)
+        assert report.passed, report
+
+
+def assert_outputs_match(model, x):
+    "Convert `model` on `x` and check every output against PyTorch in both engine modes; returns the graph."
+    graph = convert_model(model, x)
+    with torch.no_grad():
+        want = model(x)
+    for mode in MODES:
+        for got, w in zip(run(graph, x, mode=mode), want, strict=True):
+            torch.testing.assert_close(got, w, atol=1e-5, rtol=1e-4)
+    return graph
+
+
+class StackedTimeMajor(nn.Module):
+    "Two time-major layers, the second reading the first's (T, batch, H) output; (h_n, c_n) returned batch-first."
+
+    def __init__(self):
+        super().__init__()
+        self.gru, self.lstm = nn.GRU(3, 4), nn.LSTM(4, 2, num_layers=2)
+
+    def forward(self, x):
+        out, (h, c) = self.lstm(self.gru(x.transpose(0, 1))[0])
+        return out.transpose(0, 1), h.transpose(0, 1), c.permute(1, 0, 2).flatten(1)
+
+
+def test_time_major_layers_and_state_outputs():
+    torch.manual_seed(8)
+    assert_outputs_match(StackedTimeMajor().eval(), torch.randn(3, 5, 3))
+
+
+class Picks(nn.Module):
+    def __init__(self, rnn, pick):
+        super().__init__()
+        self.rnn, self.pick = rnn, pick
+
+    def forward(self, x):
+        return self.pick(self.rnn(x))
+
+
+@pytest.mark.parametrize(
+    "rnn, pick, message",
+    [
+        (nn.LSTM(3, 3, batch_first=True), lambda r: r[1][0], "outputs are batch-first"),  # h_n as it is
+        (nn.GRU(3, 3), lambda r: r[0].transpose(0, 1), "whose batch PyTorch would treat as"),  # time-major model input
+        (nn.GRU(3, 3, batch_first=True), lambda r: r[1][:, 0], "mixes the samples"),  # h_n[:, 0]: one sample
+        (nn.RNN(3, 3, batch_first=True), lambda r: torch.tanh(r[1]), "batch is in dim 1"),  # no layer takes h_n
+    ],
+)
+def test_state_uses_that_cannot_be_converted(rnn, pick, message):
+    with pytest.raises(ConversionError, match=message):
+        convert_model(Picks(rnn, pick), torch.randn(2, 4, 3))
 
 
 class Attend(nn.Module):
