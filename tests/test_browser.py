@@ -175,6 +175,20 @@ def _cell(page, name: str) -> str:
     return page.locator(f".marble-details td.marble-{name}").inner_text()
 
 
+def _run_first_cell(page, attempts: int = 6) -> None:
+    "Run the notebook's first cell, pressing again while its prompt shows it was never queued (a busy machine)."
+    prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
+    for _ in range(attempts):
+        page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+        page.keyboard.press("Shift+Enter")
+        with contextlib.suppress(Exception):
+            page.wait_for_function(
+                "el => /\\[(\\*|\\d+)\\]/.test(el.textContent)", arg=prompt.element_handle(), timeout=20_000
+            )
+            return
+    raise AssertionError(f"the first cell never started running; its prompt shows {prompt.inner_text()!r}")
+
+
 def test_inspector_in_jupyterlab(jupyterlab: tuple[str, str], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -194,8 +208,7 @@ def test_inspector_in_jupyterlab(jupyterlab: tuple[str, str], tmp_path: Path) ->
             page.set_default_timeout(TIMEOUT_MS)
             expect.set_options(timeout=TIMEOUT_MS)
             page.goto(f"{base}/lab/tree/inspect.ipynb?token={token}")
-            page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
-            page.keyboard.press("Shift+Enter")
+            _run_first_cell(page)
             news = page.get_by_role("button", name="No", exact=True)  # JupyterLab's "news?" prompt: decline
             with contextlib.suppress(Exception):
                 news.click(timeout=5_000)
