@@ -46,7 +46,7 @@ class DemoConfig:
     width: int = 12_000  # gates per layer
     tau: float = 30.0  # GroupSum temperature
     lr: float = 0.02  # Adam learning rate
-    epochs: int = 12  # training epochs
+    epochs: int = 30  # training epochs
     batch_size: int = 64
     val_fraction: float = 0.1  # share of the train split held out to pick the best checkpoint
     seed: int = 0  # wiring, initial gates, data split and shuffling
