@@ -71,6 +71,7 @@ BUILTIN_CONVERTERS = [  # modules whose import registers the built-in converters
     "marble_nb.convert_recurrent",
     "marble_nb.convert_attention",
     "marble_nb.control_flow",
+    "marble_nb.logic_compile",  # LogicLayer, LogicConv2d, OrPool2d, GroupSum
 ]
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger("marble_nb")
 # %% auto #0
 __all__ = ['log', 'GATE_EXPRESSIONS', 'BACKENDS', 'apply_gate', 'pack_bits', 'unpack_bits', 'HardLayer', 'hard_layers',
            'PackedLayer', 'regroup', 'count_bits', 'c_source', 'CompiledLogic', 'compile_logic', 'add_logic_gates',
-           'add_logic_module', 'add_group_sum', 'logic_to_marble']
+           'add_logic_module', 'add_group_sum', 'logic_to_marble', 'convert_logic_module', 'convert_group_sum']
 
 # %% ../nbs/21_logic_compile.ipynb #7cec4b74
 GATE_EXPRESSIONS = (
@@ -622,3 +622,31 @@ def logic_to_marble(
         current = add_group_sum(builder, current, head, origin=path)
     builder.graph.set_outputs(current)
     return builder.graph
+
+# %% ../nbs/21_logic_compile.ipynb #c3590305
+from .convert import Call, ConversionError, Context, Value, register_module
+
+
+def _flat_source(ctx: Context, x: Value) -> str:
+    "The group of `x` seen as one flat vector per sample; refuses inputs where the module acts per position."
+    if len(x.shape) != 1:
+        raise ConversionError(
+            f"{ctx.call.describe()} at {ctx.call.path} is applied to per-sample shape {x.shape}: it would act on "
+            "each position of the last axis separately, which is not converted; flatten its input first"
+        )
+    return ctx.source(x)
+
+
+@register_module(LogicLayer, LogicConv2d, OrPool2d)
+def convert_logic_module(ctx: Context, call: Call) -> Value:
+    "Hard logic gates as `logic` neurons (gate id per neuron, slots A and B), one group per tree level."
+    x = ctx.arg(0)
+    src = _flat_source(ctx, x) if isinstance(call.module, LogicLayer) else ctx.source(x)
+    return ctx.result(add_logic_module(ctx.builder, src, call.module, origin=call.path))
+
+
+@register_module(GroupSum)
+def convert_group_sum(ctx: Context, call: Call) -> Value:
+    "GroupSum as exact per-class counts and scores = counts / tau."
+    scores = add_group_sum(ctx.builder, _flat_source(ctx, ctx.arg(0)), call.module, ctx.name(), origin=call.path)
+    return ctx.result(scores)
