@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 from torch.overrides import TorchFunctionMode
 
 from .graph import Graph, GraphBuilder, GraphSummary, summary
@@ -26,10 +27,11 @@ from .ops import Gather, Operator
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'BUILTIN_CONVERTERS', 'HOLLOW_NEURONS', 'register_module',
-           'register_function', 'register_method', 'load_builtin_converters', 'module_converter', 'supported_layers',
-           'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value', 'batch_anywhere', 'trace_fx',
-           'trace_chain', 'trace_by_running', 'trace', 'ConvertConfig', 'Context', 'convert_model']
+__all__ = ['log', 'Converter', 'MODULES', 'FUNCTIONS', 'METHODS', 'ShapeRule', 'SHAPES', 'BUILTIN_CONVERTERS', 'HOLLOW_NEURONS',
+           'register_module', 'register_function', 'register_method', 'register_shape', 'load_builtin_converters',
+           'module_converter', 'supported_layers', 'UnsupportedLayerError', 'ConversionError', 'Ref', 'Call', 'Value',
+           'batch_anywhere', 'trace_fx', 'trace_chain', 'trace_by_running', 'trace', 'ConvertConfig', 'Context',
+           'convert_model']
 
 # %% ../nbs/11_convert.ipynb #7a1fd85a
 Converter = Callable[["Context", "Call"], "Value"]
@@ -63,6 +65,18 @@ def register_function(*fns: Callable) -> Callable[[Converter], Converter]:
 def register_method(*names: str) -> Callable[[Converter], Converter]:
     "Decorator: `fn(ctx, call) -> Value` converts calls of these tensor methods (e.g. `'view'`, `'relu'`)."
     return _registrar(METHODS, names)
+
+
+ShapeRule = Callable[[nn.Module, tuple[int, ...]], "tuple[int, ...] | None"]
+SHAPES: dict[type, ShapeRule] = {}
+
+
+def register_shape(*types: type) -> Callable[[ShapeRule], ShapeRule]:
+    """Decorator: `fn(module, shape) -> shape` gives the per-sample output shape of a layer of exactly these types
+    (subclasses may compute otherwise) for per-sample input `shape`, without running it — or None whenever
+    PyTorch might refuse that input or compute another shape, so that the layer is run and PyTorch decides.
+    A dry run of a `Sequential` chain uses the rules instead of running the layers."""
+    return _registrar(SHAPES, types)
 
 
 BUILTIN_CONVERTERS = [  # modules whose import registers the built-in converters
@@ -273,19 +287,62 @@ def _chain(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | 
     return layers
 
 
-def trace_chain(layers: list[tuple[str, nn.Module]], example: Tensor) -> list[Call]:
-    "The calls of a chain of registered layers (see `_chain`), each measured by running it on the previous output."
-    x = example
-    calls = [Call("input", "input", shape=tuple(x.shape[1:]), dtype=x.dtype, path="input")]
-    with torch.no_grad():
-        for path, m in layers:
-            x = m(x)
-            shape, dtype = _per_sample(x)
-            calls.append(Call("module", m, (Ref(len(calls) - 1),), {}, shape, dtype, path))
+def trace_chain(layers: list[tuple[str, nn.Module]], example: Tensor, measure: bool = True) -> list[Call]:
+    """The calls of a chain of registered layers (see `_chain`), each measured by running it on the previous output
+    — or, with `measure=False`, computed by the layers' shape rules when all of them are sure (`register_shape`)."""
+    results = None if measure else _chain_by_rules(layers, example)
+    if results is None:
+        results = _chain_by_running(layers, example)
+    calls = [Call("input", "input", shape=tuple(example.shape[1:]), dtype=example.dtype, path="input", users=1)]
+    for (path, m), (shape, dtype) in zip(layers, results, strict=True):  # each result is read by the next call only
+        calls.append(Call("module", m, (Ref(len(calls) - 1),), {}, shape, dtype, path, users=1))
     calls.append(Call("output", None, (Ref(len(calls) - 1),), path="output"))
-    for c in calls[:-1]:
-        c.users = 1  # each result is read by the next call only
     return calls
+
+
+def _chain_by_running(
+    layers: list[tuple[str, nn.Module]], example: Tensor
+) -> list[tuple[tuple[int, ...] | None, torch.dtype | None]]:
+    "Per-sample shape and dtype of every layer's result, measured by running the chain on `example`."
+    out, x = [], example
+    with torch.no_grad():
+        for _, m in layers:
+            x = m(x)
+            out.append(_per_sample(x))
+    return out
+
+
+_RULE_DTYPES = (torch.float32, torch.float64)  # example dtypes every CPU and CUDA kernel of the chain layers takes
+
+
+def _chain_by_rules(
+    layers: list[tuple[str, nn.Module]], example: Tensor
+) -> list[tuple[tuple[int, ...], torch.dtype]] | None:
+    """Per-sample shape and dtype of every layer's result from the shape rules alone — or None unless every layer
+    has a rule that is sure, no forward hook could change a result, the example is float32/float64 and every
+    floating weight has its dtype and device (otherwise PyTorch refuses the call, and running it says why)."""
+    dtype, device = example.dtype, example.device
+    hooks = _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+    if dtype not in _RULE_DTYPES or example.dim() == 0 or hooks:
+        return None
+    shape, out = tuple(example.shape[1:]), []
+    for _, m in layers:
+        rule = SHAPES.get(type(m))
+        if rule is None or m._forward_hooks or m._forward_pre_hooks or not _weights_match(m, dtype, device):
+            return None
+        shape = rule(m, shape)
+        if shape is None:
+            return None
+        out.append((shape, dtype))
+    return out
+
+
+def _weights_match(m: nn.Module, dtype: torch.dtype, device: torch.device) -> bool:
+    "Every floating parameter and buffer of `m` itself has this dtype and device."
+    for t in itertools.chain(m._parameters.values(), m._buffers.values()):
+        if t is not None and t.is_floating_point() and (t.dtype != dtype or t.device != device):
+            return False
+    return True
 
 
 def _fetch_attr(model: nn.Module, target: str) -> Any:
@@ -450,13 +507,14 @@ class _Root(nn.Module):
         return self.model(*xs)
 
 
-def trace(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[list[Call], str]:
-    "Trace `model` (a `Sequential` chain directly, else torch.fx, else a recorded run); returns the calls and the method."
+def trace(model: nn.Module, example: tuple[Tensor, ...], measure: bool = True) -> tuple[list[Call], str]:
+    """Trace `model` (a `Sequential` chain directly, else torch.fx, else a recorded run); returns the calls and the
+    method. `measure=False` lets a chain's shapes come from its layers' shape rules (see `trace_chain`)."""
     layers = _chain(model) if len(example) == 1 else None
     if module_converter(model) is not None:  # one registered layer: recording its single call is exact
         calls, method = trace_by_running(_Root(model), example), "recorded run"
     elif layers is not None:  # a plain Sequential of registered layers: its calls are known without tracing
-        return trace_chain(layers, example[0]), "sequential"
+        return trace_chain(layers, example[0], measure), "sequential"
     else:
         calls, method = _trace_fx_or_record(model, example)
     for c in calls:
@@ -542,7 +600,9 @@ class Context:
 
     def __init__(self, graph: Graph, config: ConvertConfig, device: Any, dry_run: bool = False):
         self.graph, self.config, self.device = graph, config, device
-        self.builder = GraphBuilder(graph.name, bias_neurons=config.bias_neurons, dtype=config.torch_dtype)
+        self.builder = GraphBuilder(
+            graph.name, bias_neurons=config.bias_neurons, dtype=config.torch_dtype, shapes_only=dry_run
+        )
         self.builder.graph = graph
         self.values: list[Any] = []
         self.call: Call | None = None
@@ -559,8 +619,9 @@ class Context:
         them costs more than they weigh)."""
         graph, counts = self.graph, self.synapse_counts
         (n_conns, n_groups), (n_seen, pending) = self._hollowed, self._pending
-        pending += sum(g.size for g in itertools.islice(graph.groups.values(), n_seen, None))
-        self._pending = (len(graph.groups), pending)
+        if len(graph.groups) > n_seen:  # most calls add no group (fused activations, views) or one
+            pending += sum(g.size for g in itertools.islice(graph.groups.values(), n_seen, None))
+            self._pending = (len(graph.groups), pending)
         if pending < min_neurons:
             return
         for c in graph.connections[n_conns:]:
@@ -633,8 +694,8 @@ class Context:
 
     def bias(self, group: str, bias: Tensor | None) -> None:
         "Give `group` this bias (per neuron, or per channel of a (C, …) group) as configured."
-        if bias is not None:
-            self.builder.bias(group, bias.detach().to(self.device))
+        if bias is not None:  # a dry run's builder keeps only the shape: nothing to move
+            self.builder.bias(group, bias if self.dry_run else bias.detach().to(self.device))
 
     def result(self, group: str) -> Value:
         return Value(group, self.graph.groups[group].shape)
@@ -781,7 +842,7 @@ def convert_model(
         model.eval()
     try:
         example = _example_inputs(model, example_input, device)
-        calls, method = trace(model, example)
+        calls, method = trace(model, example, measure=not dry_run)  # a dry run computes what it can
         _check_supported(calls)
         graph = Graph(name or type(model).__name__, metadata=dict(source=type(model).__name__, traced_by=method))
         ctx = Context(graph, config, device, dry_run)
@@ -831,7 +892,8 @@ def _convert_call(ctx: Context, call: Call) -> Any:
             return container[ctx.resolve(call.args[1])]
     if call.kind in ("function", "method") and not _refs((call.args, call.kwargs)):
         return _evaluate(call)  # arithmetic on sizes and constants: just compute it
-    if call.kind in ("function", "method") and not any(isinstance(v, Value) for v in _flat_values(ctx, call)):
+    inputs = _input_values(ctx, call)
+    if call.kind in ("function", "method") and not inputs:
         return _evaluate(call, ctx.resolve(call.args), ctx.resolve(call.kwargs))
     if call.kind == "module":
         converter = module_converter(call.target)
@@ -839,7 +901,7 @@ def _convert_call(ctx: Context, call: Call) -> Any:
         converter = FUNCTIONS[call.target] if call.kind == "function" else METHODS[call.target]
     if log.isEnabledFor(logging.DEBUG):
         log.debug("converting %s %s (%s) -> %s", call.kind, call.path, call.describe(), call.shape)
-    _check_batch_dims(ctx, call, converter)
+    _check_batch_dims(call, converter, inputs)
     try:
         value = converter(ctx, call)
     except (ConversionError, UnsupportedLayerError):
@@ -858,9 +920,9 @@ def _convert_call(ctx: Context, call: Call) -> Any:
     return value
 
 
-def _check_batch_dims(ctx: Context, call: Call, converter: Converter) -> None:
+def _check_batch_dims(call: Call, converter: Converter, inputs: list[Value]) -> None:
     "Refuse a tensor whose batch is not in dim 0 unless the converter takes such tensors (`batch_anywhere`)."
-    moved = next((v for v in _flat_values(ctx, call) if isinstance(v, Value) and v.batch), None)
+    moved = next((v for v in inputs if v.batch), None)
     if moved is not None and not getattr(converter, "batch_anywhere", False):
         raise ConversionError(
             f"{call.describe()} at {call.path} gets a tensor whose batch is in dim {moved.batch} (group "
@@ -869,16 +931,19 @@ def _check_batch_dims(ctx: Context, call: Call, converter: Converter) -> None:
         )
 
 
-def _flat_values(ctx: Context, call: Call) -> list[Any]:
-    out, stack = [], [ctx.resolve(call.args), ctx.resolve(call.kwargs)]
+def _input_values(ctx: Context, call: Call) -> list[Value]:
+    "The converted tensors among the call's arguments, also inside containers (one walk, nothing rebuilt)."
+    out, stack, values = [], [call.args, call.kwargs], ctx.values
     while stack:
         a = stack.pop()
-        if isinstance(a, (list, tuple)):
+        if isinstance(a, Ref):
+            a = values[a.index]
+        if isinstance(a, Value):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
             stack.extend(a)
         elif isinstance(a, dict):
             stack.extend(a.values())
-        else:
-            out.append(a)
     return out
 
 

@@ -24,17 +24,29 @@ from marble_nb.convert import (
     register_function,
     register_method,
     register_module,
+    register_shape,
 )
 from .kinds import register_kind
-from .ops import DEFAULT_CHUNK, Conv, Dense, Gather, Operator, ShapeError, Synapses, numel, window_taps
+from marble_nb.ops import (
+    DEFAULT_CHUNK,
+    Conv,
+    Dense,
+    Gather,
+    Operator,
+    ShapeError,
+    Synapses,
+    conv_output_size,
+    numel,
+    window_taps,
+)
 
 # %% auto #0
 __all__ = ['convert_linear', 'convert_f_linear', 'convert_identity', 'convert_passthrough', 'check_conversion', 'convert_relu6',
            'convert_prelu', 'convert_conv', 'convert_f_conv', 'ConvTranspose', 'convert_conv_transpose',
-           'convert_bilinear', 'convert_matmul', 'Pool', 'convert_maxpool', 'convert_avgpool', 'convert_f_maxpool',
-           'convert_f_avgpool', 'adaptive_windows', 'AdaptivePool', 'convert_adaptive_pool', 'convert_f_adaptive_pool',
-           'convert_view', 'convert_batchnorm', 'convert_layernorm', 'convert_groupnorm', 'convert_neg', 'Reduce',
-           'convert_reduce']
+           'convert_bilinear', 'convert_matmul', 'Pool', 'pool_output_size', 'convert_maxpool', 'convert_avgpool',
+           'convert_f_maxpool', 'convert_f_avgpool', 'adaptive_windows', 'AdaptivePool', 'convert_adaptive_pool',
+           'convert_f_adaptive_pool', 'convert_view', 'convert_batchnorm', 'convert_layernorm', 'convert_groupnorm',
+           'convert_neg', 'Reduce', 'convert_reduce', 'same_shape']
 
 # %% ../nbs/12_convert_layers.ipynb #5894f6e0
 def _linear(ctx: Context, x: Value, weight: Tensor, bias: Tensor | None) -> Value:
@@ -349,14 +361,8 @@ class Pool(Operator):
     divisor_override: int | None = None
 
     def output_shape(self, src_shape: tuple[int, ...]) -> tuple[int, ...]:
-        out = []
-        for n, k, s, p, d in zip(src_shape[1:], self.kernel, self.stride, self.padding, self.dilation, strict=True):
-            span = n + 2 * p - d * (k - 1) - 1
-            o = (-(-span // s) if self.ceil_mode else span // s) + 1
-            if self.ceil_mode and (o - 1) * s >= n + p:
-                o -= 1
-            out.append(o)
-        return (src_shape[0], *out)
+        windows = zip(src_shape[1:], self.kernel, self.stride, self.padding, self.dilation, strict=True)
+        return (src_shape[0], *(pool_output_size(n, k, s, p, d, self.ceil_mode) for n, k, s, p, d in windows))
 
     def check_shapes(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> None:
         if len(src_shape) != len(self.kernel) + 1 or tuple(dst_shape) != self.output_shape(src_shape):
@@ -408,16 +414,29 @@ class Pool(Operator):
         return (ones_mean / count.double().clamp_min(1)).float()
 
 
+def pool_output_size(n: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    "Output positions of pooling along one dim of `n` inputs, as PyTorch counts them (a last window must start inside)."
+    span = n + 2 * padding - dilation * (kernel - 1) - 1
+    o = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (o - 1) * stride >= n + padding:
+        o -= 1
+    return o
+
+
 def _tuple(v: Any, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
 
+def _windows(nd: int, kernel, stride, padding, dilation) -> tuple[tuple[int, ...], ...]:
+    "Pooling's kernel, stride (default: the kernel), padding and dilation as `nd`-tuples."
+    kernel = _tuple(kernel, nd)
+    return kernel, _tuple(stride if stride not in (None, []) else kernel, nd), _tuple(padding, nd), _tuple(dilation, nd)
+
+
 def _pool(ctx: Context, x: Value, nd: int, mode: str, kernel, stride, padding, dilation=1, ceil_mode=False,
           count_include_pad=True, divisor_override=None) -> Value:  # fmt: skip
-    kernel = _tuple(kernel, nd)
-    stride = _tuple(stride if stride not in (None, []) else kernel, nd)
-    op = Pool(kernel, stride, _tuple(padding, nd), _tuple(dilation, nd), bool(ceil_mode), mode,
-              bool(count_include_pad), divisor_override)  # fmt: skip
+    op = Pool(*_windows(nd, kernel, stride, padding, dilation), bool(ceil_mode), mode, bool(count_include_pad),
+              divisor_override)  # fmt: skip
     src = ctx.source(x)
     dst = ctx.new_group(op.output_shape(ctx.graph.groups[src].shape), "max" if mode == "max" else "identity")
     ctx.connect(src, dst, op)
@@ -536,9 +555,13 @@ class AdaptivePool(Operator):
             yield Synapses((ch * n_in + src1).reshape(-1), (ch * n_out + dst1).reshape(-1), weight1.repeat(ch.numel()))
 
 
+def _adaptive_size(output_size: Any, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    "The spatial output of adaptive pooling: `output_size` per dim, a None keeping the input's size."
+    return tuple(o if o is not None else n for o, n in zip(_tuple(output_size, len(spatial)), spatial, strict=True))
+
+
 def _adaptive(ctx: Context, x: Value, output_size: Any, mode: str) -> Value:
-    nd = len(x.shape) - 1
-    out = tuple(o if o is not None else n for o, n in zip(_tuple(output_size, nd), x.shape[1:], strict=True))
+    out = _adaptive_size(output_size, x.shape[1:])
     group = ctx.new_group((x.shape[0], *out), "max" if mode == "max" else "identity")
     ctx.connect(ctx.source(x), group, AdaptivePool(out, mode))
     return ctx.result(group)
@@ -853,3 +876,98 @@ def convert_reduce(ctx: Context, call: Call) -> Value:
     op = Reduce(tuple(sorted(d - 1 for d in dims)), 1.0 / n if "mean" in str(name) else 1.0)
     ctx.connect(ctx.source(x), group, op)
     return ctx.result(group)
+
+# %% ../nbs/12_convert_layers.ipynb #6294e167
+def same_shape(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    "The shape rule of layers that act on every value alone: activations, identity, dropout (at inference)."
+    return shape
+
+
+register_shape(nn.Identity, nn.Dropout, nn.AlphaDropout, nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
+               nn.ELU, nn.SELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Hardtanh)(same_shape)  # fmt: skip
+
+
+@register_shape(nn.GELU)
+def _gelu_shape(m: nn.GELU, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    return shape if m.approximate in ("none", "tanh") else None  # PyTorch checks the name when it runs
+
+
+@register_shape(nn.PReLU)
+def _prelu_shape(m: nn.PReLU, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    "One slope, or one per channel (dim 0 of a sample): PyTorch refuses any other count."
+    return shape if m.num_parameters == 1 or (shape and shape[0] == m.num_parameters) else None
+
+
+@register_shape(nn.Softmax, nn.LogSoftmax)
+def _softmax_shape(m: nn.Softmax, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    "Normalising along an existing dim (with no dim given PyTorch picks one and warns: run it)."
+    n = len(shape) + 1
+    return shape if isinstance(m.dim, int) and -n <= m.dim < n else None
+
+
+@register_shape(nn.Linear)
+def _linear_shape(m: nn.Linear, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    return (*shape[:-1], m.out_features) if shape and shape[-1] == m.in_features else None
+
+
+@register_shape(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv_shape(m: nn.Conv2d, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    "PyTorch's output size per spatial dim, for a (C, *spatial) sample with the layer's channels."
+    nd = len(m.kernel_size)
+    if len(shape) != nd + 1 or shape[0] != m.in_channels or m.padding_mode != "zeros" or min(shape) < 1:
+        return None
+    if m.padding == "same":
+        return (m.out_channels, *shape[1:])
+    padding = (0,) * nd if m.padding == "valid" else m.padding
+    dims = zip(shape[1:], m.kernel_size, m.stride, padding, m.dilation, strict=True)
+    spatial = tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in dims)
+    return (m.out_channels, *spatial) if min(spatial) >= 1 else None  # below 1: PyTorch refuses the input
+
+
+@register_shape(nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+def _pool_shape(m: nn.MaxPool2d, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    "PyTorch's pooled size per spatial dim; None where it refuses (padding over half a window, no output)."
+    nd = 1 if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d)) else 2
+    if len(shape) != nd + 1 or getattr(m, "return_indices", False) or min(shape) < 1:
+        return None
+    k, s, p, d = _windows(nd, m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1))
+    if min(*k, *s, *d) < 1 or min(p) < 0 or any(2 * pp > kk for pp, kk in zip(p, k, strict=True)):
+        return None
+    spatial = tuple(pool_output_size(*w, m.ceil_mode) for w in zip(shape[1:], k, s, p, d, strict=True))
+    return (shape[0], *spatial) if min(spatial) >= 1 else None
+
+
+@register_shape(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+def _adaptive_shape(m: nn.AdaptiveAvgPool2d, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    nd = 1 if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) else 2
+    sizes = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * nd
+    if len(shape) != nd + 1 or len(sizes) != nd or getattr(m, "return_indices", False) or min(shape) < 1:
+        return None
+    if not all(o is None or (isinstance(o, int) and o >= 1) for o in sizes):
+        return None
+    return (shape[0], *_adaptive_size(sizes, shape[1:]))
+
+
+@register_shape(nn.Flatten)
+def _flatten_shape(m: nn.Flatten, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    "Dims `start_dim`..`end_dim` of the batched tensor merged (None when the batch dim would be merged too)."
+    n = len(shape) + 1
+    if not (-n <= m.start_dim < n and -n <= m.end_dim < n):
+        return None
+    start, end = m.start_dim % n, m.end_dim % n
+    if start == 0 or start > end:
+        return None
+    return (*shape[: start - 1], math.prod(shape[start - 1 : end]), *shape[end:])
+
+
+@register_shape(nn.BatchNorm1d, nn.BatchNorm2d)
+def _batchnorm_shape(m: nn.BatchNorm2d, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    "The same shape, for samples with the layer's channels (without running statistics it uses the batch's: run)."
+    ranks = (1, 2) if isinstance(m, nn.BatchNorm1d) else (3,)
+    return shape if len(shape) in ranks and shape[0] == m.num_features and m.running_mean is not None else None
+
+
+@register_shape(nn.LayerNorm)
+def _layernorm_shape(m: nn.LayerNorm, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    k = len(m.normalized_shape)
+    return shape if len(shape) >= k and tuple(shape[len(shape) - k :]) == tuple(m.normalized_shape) else None

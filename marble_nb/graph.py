@@ -508,15 +508,26 @@ Graph.remove_synapses = remove_synapses
 Graph.prune_synapses = prune_synapses
 
 # %% ../nbs/02_graph.ipynb #8ca6ade6
+_META = torch.device("meta")
+
+
 class GraphBuilder:
     "Build a MARBLE graph layer by layer: `input`, `linear`, `conv2d`, `dense`, `sparse`, `connect`."
 
     BIAS_GROUP = "bias"
 
-    def __init__(self, name: str = "graph", *, bias_neurons: bool = False, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        name: str = "graph",
+        *,
+        bias_neurons: bool = False,
+        dtype: torch.dtype = torch.float32,
+        shapes_only: bool = False,
+    ):
         self.graph = Graph(name)
         self.bias_neurons = bias_neurons  # True: biases become synapses from one constant neuron
         self.dtype = dtype
+        self.shapes_only = shapes_only  # True: biases keep only their shapes (meta device): for counting, a dry run
 
     def _name(self, prefix: str, name: str | None) -> str:
         if name is not None:
@@ -549,8 +560,15 @@ class GraphBuilder:
     def bias(self, dst: str, bias: Tensor) -> None:
         "Give group `dst` a bias: as its neurons' bias field, or as synapses from the constant bias neuron."
         group = self.graph.group(dst)
-        bias = torch.as_tensor(bias).detach().to(self.dtype)
-        per_neuron = bias.reshape(-1).clone() if bias.numel() == group.size else _per_channel(bias, group.shape)
+        bias = torch.as_tensor(bias)
+        n = bias.numel()
+        if n != group.size and (not group.shape or n != group.shape[0]):
+            raise GraphError(f"bias has {n} values: expected one per neuron or one per channel of {group.shape}")
+        if self.shapes_only:  # never read: no values to copy or spread
+            per_neuron = torch.empty(group.size, dtype=self.dtype, device=_META)
+        else:
+            bias = bias.detach().to(self.dtype).reshape(-1)
+            per_neuron = bias.clone() if n == group.size else bias.repeat_interleave(numel(group.shape[1:]))
         if not self.bias_neurons:
             group.bias = per_neuron
             return
@@ -599,10 +617,3 @@ class GraphBuilder:
         "Declare the outputs and return the finished graph."
         self.graph.set_outputs(*names)
         return self.graph
-
-
-def _per_channel(bias: Tensor, shape: tuple[int, ...]) -> Tensor:
-    "Expand a per-channel bias [C] to one value per neuron of a (C, …) group (a new tensor)."
-    if bias.numel() != shape[0]:
-        raise GraphError(f"bias has {bias.numel()} values: expected one per neuron or one per channel of {shape}")
-    return bias.reshape(-1).repeat_interleave(numel(shape[1:]))

@@ -18,7 +18,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['DEFAULT_CHUNK', 'OPERATORS', 'REDUCE_IDENTITY', 'SCATTER_REDUCE', 'Synapses', 'ShapeError', 'numel', 'index_dtype',
-           'Operator', 'operator_from_state', 'Dense', 'Sparse', 'Gather', 'Conv', 'window_taps']
+           'Operator', 'operator_from_state', 'Dense', 'Sparse', 'Gather', 'Conv', 'conv_output_size', 'window_taps']
 
 # %% ../nbs/01_ops.ipynb #b8d9e0a7
 DEFAULT_CHUNK = 1 << 22  # synapses per materialised block: bounds memory of explicit views
@@ -130,14 +130,15 @@ class Operator:
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Operator:
         "The operator on `device`, floating-point tensors converted to `dtype` when given (itself if nothing moves)."
-        tensors = self.tensors()
-        moved = {
-            k: t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
-            for k, t in tensors.items()
-        }
-        if all(moved[k] is t for k, t in tensors.items()):
-            return self
-        return replace(self, **moved)
+        moved = {}
+        for k, t in self.tensors().items():
+            want = dtype if (dtype is not None and t.is_floating_point()) else t.dtype
+            if want == t.dtype and (device is None or t.device == device):
+                continue  # already there: asking `t.to` costs more than this check
+            new = t.to(device=device, dtype=want)
+            if new is not t:
+                moved[k] = new
+        return replace(self, **moved) if moved else self
 
     def materialize(self, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Sparse:
         "The same connection as an explicit `Sparse` operator (CSR, sorted by target)."
@@ -341,7 +342,7 @@ class Conv(Operator):
         "Per-sample output shape for an input of per-sample shape `src_shape` (C, *spatial)."
         k = self.weight.shape[2:]
         spatial = tuple(
-            (n + 2 * p - d * (kk - 1) - 1) // s + 1
+            conv_output_size(n, kk, s, p, d)
             for n, kk, s, p, d in zip(src_shape[1:], k, self.stride, self.padding, self.dilation, strict=True)
         )
         return (self.weight.shape[0], *spatial)
@@ -412,6 +413,11 @@ class Conv(Operator):
                 blocks.append((src, dst, widx))
             src, dst, widx = (torch.cat(parts) for parts in zip(*blocks, strict=True))
             yield Synapses(src, dst, flat_w[widx], widx)
+
+
+def conv_output_size(n: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    "Output positions of a convolution along one dim of `n` inputs (PyTorch's formula; below 1: no valid output)."
+    return (n + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @functools.lru_cache(maxsize=1024)

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from marble_nb.convert import ConversionError, UnsupportedLayerError, convert_model, supported_layers
 from marble_nb.engine import run
@@ -77,6 +78,34 @@ DRY_RUN_MODELS = {
         dict(fold_batchnorm=False, bias_neurons=True),
     ),
     "pooled-head": (PooledHead, (3, 9, 10), {}),
+    "chain-of-shape-rules": (  # a dry run computes these shapes (register_shape) instead of running the layers
+        lambda: randomise_batchnorm(
+            nn.Sequential(
+                nn.Conv2d(2, 6, 3, padding=1),
+                nn.BatchNorm2d(6),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+                nn.Conv2d(6, 4, 3, stride=2, padding="valid"),
+                nn.GELU(),
+                nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
+                nn.AdaptiveAvgPool2d((2, None)),
+                nn.Flatten(),
+                nn.Linear(16, 16),
+                nn.LayerNorm(16),
+                nn.Dropout(),
+                nn.PReLU(),
+                nn.Linear(16, 5),
+                nn.LogSoftmax(dim=1),
+            )
+        ),
+        (2, 15, 13),
+        {},
+    ),
+    "chain-run": (  # Unflatten has no shape rule: the dry run runs the chain
+        lambda: nn.Sequential(nn.Linear(12, 12), nn.Unflatten(1, (3, 4)), nn.Flatten(), nn.Linear(12, 2)),
+        (12,),
+        {},
+    ),
 }
 
 
@@ -93,6 +122,52 @@ def test_dry_run_counts_equal_the_graph(name):
     # nothing explicit was built: adaptive pooling and reductions stay compact operators
     assert not any(type(c.op).__name__ == "Sparse" for c in graph.connections)
     torch.testing.assert_close(run(graph, x), model(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+class TorchCalls(TorchFunctionMode):
+    "Records the name of every torch function and tensor method called while it is active."
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, "__name__", repr(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_dry_run_of_a_chain_runs_none_of_its_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1352, 10)).eval()
+    x = torch.randn(1, 1, 28, 28)
+    layer_functions = {"conv2d", "relu", "max_pool2d", "linear"}
+    with TorchCalls() as real:
+        graph = convert_model(model, x)
+    with TorchCalls() as dry:
+        summary = convert_model(model, x, dry_run=True)
+    assert layer_functions <= real.names  # the real conversion measures the shapes by running the layers
+    assert not layer_functions & dry.names, dry.names & layer_functions
+    assert summary.rows == graph.summary().rows
+
+
+def test_dry_run_runs_a_chain_when_a_layer_has_forward_hooks():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    seen = []
+    model[1].register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    summary = convert_model(model, torch.randn(3, 6), dry_run=True)
+    assert seen == [(3, 4)]  # the hook ran: it might have changed the result
+    assert summary.rows == convert_model(model, torch.randn(3, 6)).summary().rows
+
+
+def test_dry_run_of_a_chain_pytorch_refuses_raises_pytorchs_error():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(100, 2)).eval()
+    x = torch.randn(1, 1, 8, 8)  # 4 x 6 x 6 = 144 features reach the Linear, not 100
+    with pytest.raises(RuntimeError) as real:
+        convert_model(model, x)
+    with pytest.raises(RuntimeError) as dry:
+        convert_model(model, x, dry_run=True)
+    assert str(dry.value) == str(real.value)
+    assert "shapes cannot be multiplied" in str(dry.value)
 
 
 def test_dry_run_refuses_validate():
