@@ -221,6 +221,7 @@ def _per_sample(value: Any) -> tuple[tuple[int, ...] | None, torch.dtype | None]
 def trace_fx(model: nn.Module, example: tuple[Tensor, ...]) -> list[Call]:
     "Symbolically trace `model` and measure every result's shape by running `example` through the trace."
     nodes = list(_Tracer().trace(model).nodes)
+    submodules = dict(model.named_modules(remove_duplicate=False))  # one walk, not a path lookup per node
     last_use = {n: i for i, node in enumerate(nodes) for n in node.all_input_nodes}
     index: dict[fx.Node, int] = {}
     values: dict[fx.Node, Any] = {}
@@ -232,13 +233,14 @@ def trace_fx(model: nn.Module, example: tuple[Tensor, ...]) -> list[Call]:
 
     with torch.no_grad():
         for i, node in enumerate(nodes):
-            values[node] = value = _run_node(model, node, values, inputs)
+            values[node] = value = _run_node(model, submodules, node, values, inputs)
             shape, dtype = _per_sample(value)
             if node.op == "placeholder":
                 call = Call("input", node.name, shape=shape, dtype=dtype, path=node.name)
             elif node.op == "call_module":
-                target = model.get_submodule(node.target)
-                call = Call("module", target, arg(node.args), arg(node.kwargs), shape, dtype, node.target)
+                call = Call(
+                    "module", submodules[node.target], arg(node.args), arg(node.kwargs), shape, dtype, node.target
+                )
             elif node.op == "call_function":
                 call = Call("function", node.target, arg(node.args), arg(node.kwargs), shape, dtype, node.name)
             elif node.op == "call_method":
@@ -255,7 +257,13 @@ def trace_fx(model: nn.Module, example: tuple[Tensor, ...]) -> list[Call]:
     return calls
 
 
-def _run_node(model: nn.Module, node: fx.Node, values: dict[fx.Node, Any], inputs: Iterator[Tensor]) -> Any:
+def _run_node(
+    model: nn.Module,
+    submodules: dict[str, nn.Module],
+    node: fx.Node,
+    values: dict[fx.Node, Any],
+    inputs: Iterator[Tensor],
+) -> Any:
     "The result of one traced node on the example: what `ShapeProp` measures, without building a `GraphModule`."
     if node.op == "placeholder":
         return next(inputs, node.args[0] if node.args else None)  # a missing input takes forward's default
@@ -263,7 +271,7 @@ def _run_node(model: nn.Module, node: fx.Node, values: dict[fx.Node, Any], input
         return _fetch_attr(model, node.target)
     args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
     if node.op == "call_module":
-        return model.get_submodule(node.target)(*args, **kwargs)
+        return submodules[node.target](*args, **kwargs)
     if node.op == "call_function":
         return node.target(*args, **kwargs)
     if node.op == "call_method":
@@ -339,9 +347,10 @@ def _chain_by_rules(
 
 def _weights_match(m: nn.Module, dtype: torch.dtype, device: torch.device) -> bool:
     "Every floating parameter and buffer of `m` itself has this dtype and device."
-    for t in itertools.chain(m._parameters.values(), m._buffers.values()):
-        if t is not None and t.is_floating_point() and (t.dtype != dtype or t.device != device):
-            return False
+    for tensors in (m._parameters, m._buffers):
+        for t in tensors.values():
+            if t is not None and t.is_floating_point() and (t.dtype != dtype or t.device != device):
+                return False
     return True
 
 
@@ -854,8 +863,8 @@ def convert_model(
     finally:
         for m in training:
             m.training = True
-    if dry_run or log.isEnabledFor(logging.INFO):
-        counts = ctx.summary()
+    counts = ctx.summary() if dry_run or log.isEnabledFor(logging.INFO) else None
+    if log.isEnabledFor(logging.INFO):  # the totals and their formatting are work: only when they are logged
         totals = counts.totals
         log.info("converted %s (%s): %d groups, %s neurons, %s synapses%s", graph.name, method, len(graph.groups),
                  f"{totals['neurons']:,}", f"{totals['synapses']:,}", " (dry run)" * dry_run)  # fmt: skip

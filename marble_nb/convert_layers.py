@@ -636,12 +636,8 @@ register_function(torch.permute, torch.transpose, torch.squeeze, torch.flip, tor
                   torch.stack, operator.getitem)(_index_op(_replay))  # fmt: skip
 
 # %% ../nbs/12_convert_layers.ipynb #778a8bc7
-def _bn_affine(m: nn.modules.batchnorm._BatchNorm, call: Call) -> tuple[Tensor, Tensor]:
-    if m.running_mean is None or m.running_var is None:
-        raise ConversionError(
-            f"{type(m).__name__} at {call.path} has no running statistics (track_running_stats=False): it normalises "
-            "with each batch's statistics, which a fixed graph cannot"
-        )
+def _bn_affine(m: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    "The per-channel scale and shift an eval-mode BatchNorm applies."
     scale = (m.running_var + m.eps).rsqrt()
     if m.weight is not None:
         scale = scale * m.weight
@@ -653,8 +649,8 @@ def _per_neuron(v: Tensor, shape: tuple[int, ...]) -> Tensor:
     return v.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).reshape(-1)
 
 
-def _fold(ctx: Context, x: Value, scale: Tensor, shift: Tensor) -> bool:
-    "Fold the affine map into the layer that produced `x`, if it is a lone conv/linear group; True if done."
+def _fold(ctx: Context, x: Value, m: nn.modules.batchnorm._BatchNorm) -> bool:
+    "Fold BatchNorm `m` into the layer that produced `x`, if it is a lone conv/linear group; True if done."
     group, producer = ctx.graph.groups[x.group], ctx.producer.get(x.group)
     conns = ctx.graph.incoming(x.group)
     if (not ctx.config.fold_batchnorm or ctx.config.bias_neurons or producer is None or producer.users != 1
@@ -666,6 +662,7 @@ def _fold(ctx: Context, x: Value, scale: Tensor, shift: Tensor) -> bool:
     if ctx.dry_run:  # counts only: the folded values are never computed; the group now has a bias to count
         group.bias = torch.empty(group.size, device="meta") if group.bias is None else group.bias
         return True
+    scale, shift = _bn_affine(m)
     op = conns[0].op
     w_scale = (
         scale.reshape(-1, *([1] * (op.weight.dim() - 1)))
@@ -680,10 +677,15 @@ def _fold(ctx: Context, x: Value, scale: Tensor, shift: Tensor) -> bool:
 
 @register_module(nn.BatchNorm1d, nn.BatchNorm2d)
 def convert_batchnorm(ctx: Context, call: Call) -> Value:
-    x = ctx.arg(0)
-    scale, shift = _bn_affine(call.module, call)
-    if _fold(ctx, x, scale, shift):
+    m, x = call.module, ctx.arg(0)
+    if m.running_mean is None or m.running_var is None:
+        raise ConversionError(
+            f"{type(m).__name__} at {call.path} has no running statistics (track_running_stats=False): it normalises "
+            "with each batch's statistics, which a fixed graph cannot"
+        )
+    if _fold(ctx, x, m):  # a dry run computes no scale or shift for a folded BatchNorm
         return x
+    scale, shift = _bn_affine(m)
     dst = ctx.new_group(x.shape)
     ctx.connect(ctx.source(x), dst, Gather(torch.arange(numel(x.shape)), _per_neuron(scale, x.shape).clone()))
     ctx.bias(dst, _per_neuron(shift, x.shape))
@@ -918,10 +920,13 @@ def _conv_shape(m: nn.Conv2d, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         return None
     if m.padding == "same":
         return (m.out_channels, *shape[1:])
+    out = [m.out_channels]
     padding = (0,) * nd if m.padding == "valid" else m.padding
-    dims = zip(shape[1:], m.kernel_size, m.stride, padding, m.dilation, strict=True)
-    spatial = tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in dims)
-    return (m.out_channels, *spatial) if min(spatial) >= 1 else None  # below 1: PyTorch refuses the input
+    for n, k, s, p, d in zip(shape[1:], m.kernel_size, m.stride, padding, m.dilation, strict=True):
+        out.append(conv_output_size(n, k, s, p, d))
+        if out[-1] < 1:  # the kernel does not fit: PyTorch refuses the input
+            return None
+    return tuple(out)
 
 
 @register_shape(nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
@@ -930,11 +935,14 @@ def _pool_shape(m: nn.MaxPool2d, shape: tuple[int, ...]) -> tuple[int, ...] | No
     nd = 1 if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d)) else 2
     if len(shape) != nd + 1 or getattr(m, "return_indices", False) or min(shape) < 1:
         return None
-    k, s, p, d = _windows(nd, m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1))
-    if min(*k, *s, *d) < 1 or min(p) < 0 or any(2 * pp > kk for pp, kk in zip(p, k, strict=True)):
-        return None
-    spatial = tuple(pool_output_size(*w, m.ceil_mode) for w in zip(shape[1:], k, s, p, d, strict=True))
-    return (shape[0], *spatial) if min(spatial) >= 1 else None
+    out = [shape[0]]
+    for n, k, s, p, d in zip(shape[1:], *_windows(nd, m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1))):
+        if min(k, s, d) < 1 or p < 0 or 2 * p > k:
+            return None
+        out.append(pool_output_size(n, k, s, p, d, m.ceil_mode))
+        if out[-1] < 1:
+            return None
+    return tuple(out)
 
 
 @register_shape(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)

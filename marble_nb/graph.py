@@ -43,7 +43,7 @@ class Group:
     origin_type: str = ""  # PyTorch type name, e.g. "Linear"
 
     def __post_init__(self) -> None:
-        self.shape = tuple(int(s) for s in self.shape)
+        self.shape = tuple(map(int, self.shape))
         kind = get_kind(self.kind)
         if self.bias is not None:
             if not kind.has_bias:
@@ -68,6 +68,8 @@ class Group:
 
     def num_parameters(self) -> int:
         "Floating-point values the group stores: its bias and per-kind parameters."
+        if not self.params:  # most groups: a bias at most
+            return 0 if self.bias is None or not self.bias.is_floating_point() else self.bias.numel()
         tensors = [*self.params.values()] if self.bias is None else [self.bias, *self.params.values()]
         return sum(t.numel() for t in tensors if t.is_floating_point())
 

@@ -107,8 +107,12 @@ class Operator:
 
     def tensors(self) -> dict[str, Tensor]:
         "The operator's tensor fields."
-        values = ((n, getattr(self, n)) for n in self._field_names())
-        return {n: v for n, v in values if isinstance(v, Tensor)}
+        out = {}
+        for n in self._field_names():  # a plain loop: this runs for every connection a conversion makes
+            v = getattr(self, n)
+            if isinstance(v, Tensor):
+                out[n] = v
+        return out
 
     def settings(self) -> dict[str, Any]:
         "The operator's non-tensor fields (JSON-able settings)."
@@ -121,8 +125,7 @@ class Operator:
 
     def num_parameters(self) -> int:
         "Number of stored weight values (shared weights count once)."
-        values = (getattr(self, n) for n in self._field_names())
-        return sum(v.numel() for v in values if isinstance(v, Tensor) and v.is_floating_point())
+        return sum(t.numel() for t in self.tensors().values() if t.is_floating_point())
 
     def nbytes(self) -> int:
         "Bytes held by the operator's tensors."
