@@ -935,8 +935,11 @@ def _pool_shape(m: nn.MaxPool2d, shape: tuple[int, ...]) -> tuple[int, ...] | No
     nd = 1 if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d)) else 2
     if len(shape) != nd + 1 or getattr(m, "return_indices", False) or min(shape) < 1:
         return None
+    windows = _windows(nd, m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1))
+    if any(len(w) != nd for w in windows):
+        return None
     out = [shape[0]]
-    for n, k, s, p, d in zip(shape[1:], *_windows(nd, m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1))):
+    for n, k, s, p, d in zip(shape[1:], *windows, strict=True):
         if min(k, s, d) < 1 or p < 0 or 2 * p > k:
             return None
         out.append(pool_output_size(n, k, s, p, d, m.ceil_mode))
