@@ -13,6 +13,10 @@ How it measures, and why:
     instead of 0.05-0.1 ms whenever another process holds a core (the threads wait for each other at every
     kernel), which made every ratio meaningless (and met the dry-run goal by accident). One thread is also
     what a batch-1 forward pass uses well. The forward pass and torch.save are measured under the same setting.
+  - What the dry run does differs by network, as convert_model decides: the MLP and the CNN are plain
+    nn.Sequential chains whose layers all have shape rules, so their dry run runs no layer at all (shapes by
+    PyTorch's output-size formulas, see marble_nb.convert_layers); the ResNet is traced by torch.fx and its dry
+    run runs its forward pass once, node by node, to measure shapes.
   - Peak memory is measured in a fresh process: RSS sampled every 0.5 ms during the conversion, minus RSS
     before it. One-time costs are excluded by warming up first: the imports, one conversion of a tiny model
     (the converter's own first-use costs), and ONE FORWARD PASS OF THE MODEL ITSELF. The last one matters for
