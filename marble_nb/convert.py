@@ -667,6 +667,9 @@ class Context:
         return self.resolve(self.call.kwargs.get(name, default))
 
     def resolve(self, a: Any) -> Any:
+        "`a` with every `Ref` replaced by the converted value it refers to."
+        if isinstance(a, Ref):  # the common case (a layer's input): no walk, no closure
+            return self.values[a.index]
         return _map_refs(a, lambda r: self.values[r.index])
 
     # -- groups -------------------------------------------------------------------------------------
