@@ -378,11 +378,16 @@ class _Transposed:
 
     def __call__(self, like: Tensor) -> Tensor:
         w = self.conn.op.weight
-        if (w.requires_grad and torch.is_grad_enabled()) or w.is_inference():  # no version to watch, or autograd
-            return w.t().to(like.dtype)
+        if (w.requires_grad and torch.is_grad_enabled()) or w.is_inference() or _recording():
+            return w.t().to(like.dtype)  # autograd or a tracer must see the weight; an inference tensor has no version
         if w is not self.weight or w._version != self.version or self.value.dtype != like.dtype:
             self.value, self.weight, self.version = w.t().to(like.dtype).contiguous(), w, w._version
         return self.value
+
+
+def _recording() -> bool:
+    "Whether PyTorch is tracing, exporting or compiling the running code (a kept copy would become a constant)."
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _connection(graph: Graph, src: str, dst: str) -> Connection:

@@ -188,3 +188,15 @@ def test_fused_block_is_differentiable(monkeypatch):
         assert [len(blocks(g)) for g in step_graphs(net)] == [int(fused)] * 2
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [nn.RNNCell, nn.GRUCell, nn.LSTMCell])
+def test_fused_cell_module_traces_and_exports(cls):
+    "A cell graph as an nn.Module: jit.trace (with its check of a second run) and torch.export give its outputs."
+    torch.manual_seed(8)
+    module = convert_cell(cls(3, 4)).graph.to_module()
+    x = torch.randn(2, 3)
+    flat = lambda result: leaves(result[0]) + list(result[1].values())  # noqa: E731  (outputs, new state)
+    want = flat(module(x))
+    assert_same(flat(torch.jit.trace(module, (x,), strict=False)(x)), want)
+    assert_same(flat(torch.export.export(module, (x,)).module()(x)), want)
