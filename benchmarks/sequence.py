@@ -11,7 +11,9 @@ see the same machine load), and the median of the per-repeat ratios is reported:
 For reference, the LSTM is also written by hand as a plain loop of PyTorch kernels (one input projection
 per layer for all steps, then per step one matrix product, the gate activations, the cell update with
 addcmul, tanh and a product): it shows how close per-step kernels called from Python can come to
-PyTorch's LSTM, which runs as one fused oneDNN kernel on CPU. It is a reference, not a goal.
+PyTorch's LSTM, which runs as one fused oneDNN kernel on CPU. It is a reference, not a goal. (Compact mode
+runs each step of a cell graph built by `convert_recurrent` as one block of about that many kernels, see
+*One fused step per time step* in nbs/15_convert_recurrent.ipynb; synapse mode passes every message.)
 
 Outputs are checked against PyTorch before timing. Run: `python benchmarks/sequence.py [--repeats 5]
 [--synapse-repeats 1] [--threads 1]` (one thread by default: on this shared 2-core machine a

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from .convert import Call, ConversionError, Context, Value, batch_anywhere, register_module
 from .convert_embed import PerPosition, Rearrange, own_origins
-from .engine import Runner, run, set_state, state_inputs
-from .graph import Graph, GraphSummary
+from .engine import Block, BlockStep, Runner, register_block_fusion, run, set_state, state_inputs
+from .graph import Connection, Graph, GraphSummary
+from .kinds import get_kind
 from .ops import Dense, Gather
 
 log = logging.getLogger("marble_nb")
@@ -364,6 +365,141 @@ def _subgraph(graph: Graph, name: str, groups: list[str], inputs: list[str], out
     sub.connections = [c for c in graph.connections if c.src in keep and c.dst in keep and c.dst not in inputs]
     sub.set_outputs(*outputs)
     return sub
+
+# %% ../nbs/15_convert_recurrent.ipynb #246723b6
+_FUSED_KINDS = {k: get_kind(k) for k in ("identity", "sigmoid", "tanh", "relu", "prod")}  # the built-in kinds
+
+
+class _Transposed:
+    "The weight of a Dense connection as a contiguous Wᵀ (addmm's fastest layout here), kept while it is unchanged."
+
+    def __init__(self, conn: Connection):
+        self.conn, self.weight, self.version, self.value = conn, None, -1, None
+
+    def __call__(self, like: Tensor) -> Tensor:
+        w = self.conn.op.weight
+        if (w.requires_grad and torch.is_grad_enabled()) or w.is_inference() or _recording():
+            return w.t().to(like.dtype)  # autograd or a tracer must see the weight; an inference tensor has no version
+        if w is not self.weight or w._version != self.version or self.value.dtype != like.dtype:
+            self.value, self.weight, self.version = w.t().to(like.dtype).contiguous(), w, w._version
+        return self.value
+
+
+def _recording() -> bool:
+    "Whether PyTorch is tracing, exporting or compiling the running code (a kept copy would become a constant)."
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def _connection(graph: Graph, src: str, dst: str) -> Connection:
+    "The one connection src -> dst."
+    (conn,) = [c for c in graph.incoming(dst) if c.src == src]
+    return conn
+
+
+def _lstm_step(graph: Graph) -> BlockStep:
+    "gates = σ(x_gates + W_hh h); c_new = f·c + 2·i·σ(2z) − i (g = 2σ(2z) − 1); h_new = o·tanh(c_new), projected."
+    w_hh = _Transposed(_connection(graph, "h", "gates"))
+    w_hr = _Transposed(_connection(graph, "h_full", "h_new")) if "h_full" in graph.groups else None
+
+    def step(values: dict[str, Tensor], batch: int, chunk: int) -> tuple[Tensor, Tensor]:
+        h = values["h"]
+        i, f, g, o = torch.addmm(values["x_gates"], h, w_hh(h)).sigmoid_().chunk(4, 1)
+        c_new = f * values["c"]
+        c_new.addcmul_(i, g, value=2.0).sub_(i)
+        h_new = o * c_new.tanh()
+        return (h_new if w_hr is None else torch.mm(h_new, w_hr(h_new))), c_new
+
+    return step
+
+
+def _gru_step(graph: Graph) -> BlockStep:
+    "h_gates = W_hh h + b_hn; r, z = σ(x + h_gates); n = tanh(x_n + r·h_n); h_new = n − z·n + z·h."
+    n, gates = graph.groups["h"].size, graph.groups["h_gates"]
+    w_hh = _Transposed(_connection(graph, "h", "h_gates"))
+
+    def step(values: dict[str, Tensor], batch: int, chunk: int) -> tuple[Tensor]:
+        h, x = values["h"], values["x_gates"]
+        hg = torch.mm(h, w_hh(h)) if gates.bias is None else torch.addmm(gates.bias.to(h), h, w_hh(h))
+        r, z = torch.add(x[:, : 2 * n], hg[:, : 2 * n]).sigmoid_().chunk(2, 1)
+        new = torch.addcmul(x[:, 2 * n :], r, hg[:, 2 * n :]).tanh_()
+        return (torch.addcmul(new, z, new, value=-1.0).addcmul_(z, h),)
+
+    return step
+
+
+def _rnn_step(graph: Graph) -> BlockStep:
+    "h_new = act(x_h_new + W_hh h)."
+    w_hh = _Transposed(_connection(graph, "h", "h_new"))
+    act = torch.tanh_ if graph.groups["h_new"].kind == "tanh" else torch.relu_
+
+    def step(values: dict[str, Tensor], batch: int, chunk: int) -> tuple[Tensor]:
+        h = values["h"]
+        return (act(torch.addmm(values["x_h_new"], h, w_hh(h))),)
+
+    return step
+
+
+def _reference_lstm(graph: Graph) -> Graph:
+    n, state = graph.groups["c"].size, graph.groups["h"].size
+    proj = torch.zeros(state, n) if "h_full" in graph.groups else None
+    return lstm_cell_graph(CellWeights(torch.zeros(4 * n, 1), torch.zeros(4 * n, state), weight_hr=proj))
+
+
+def _reference_gru(graph: Graph) -> Graph:
+    n, bias = graph.groups["h"].size, graph.groups["h_gates"].bias
+    return gru_cell_graph(CellWeights(torch.zeros(3 * n, 1), torch.zeros(3 * n, n), bias_hh=bias))
+
+
+def _reference_rnn(graph: Graph) -> Graph:
+    n = graph.groups["h"].size
+    return rnn_cell_graph(CellWeights(torch.zeros(n, 1), torch.zeros(n, n)), graph.groups["h_new"].kind)
+
+
+_FUSED_CELLS = dict(  # cell: (its state-dependent groups, the block's results, a reference cell, the fused step)
+    lstm=(
+        ("gates", "fc", "i_sg", "c_new", "tanh_c", "h_full", "h_new"),
+        ("h_new", "c_new"),
+        _reference_lstm,
+        _lstm_step,
+    ),
+    gru=(("h_gates", "rz", "r_hn", "n", "zn", "zh", "h_new"), ("h_new",), _reference_gru, _gru_step),
+    rnn=(("h_new",), ("h_new",), _reference_rnn, _rnn_step),
+)
+
+
+def _op_key(c: Connection) -> tuple:
+    "What must agree between a connection and the reference cell's: source, slot, operator and its layout."
+    if type(c.op) is Dense:
+        return (c.src, c.slot, "Dense", tuple(c.op.weight.shape))
+    if type(c.op) is Rearrange:
+        return (c.src, c.slot, "Rearrange", c.op.view, c.op.perm, c.op.expand, c.op.start, c.op._scalar)
+    return (c.src, c.slot, type(c.op).__name__, id(c.op))  # no other operator is part of a cell
+
+
+def _group_key(graph: Graph, name: str) -> tuple:
+    "What must agree between a group and the reference cell's: kind, shape, bias, params, incoming connections."
+    g = graph.groups[name]
+    bias = None if g.bias is None else tuple(g.bias.shape)
+    return (g.kind, g.shape, bias, sorted(g.params), sorted(map(repr, map(_op_key, graph.incoming(name)))))
+
+
+@register_block_fusion
+def _fused_cell(graph: Graph) -> list[Block]:
+    "A cell's state-dependent groups as one compact-mode step, when they are exactly as built here."
+    if graph.metadata.get("cell") not in _FUSED_CELLS:
+        return []
+    groups, results, reference, fused_step = _FUSED_CELLS[graph.metadata["cell"]]
+    try:
+        built = reference(graph)
+    except (KeyError, ValueError):  # a group it needs is missing or has another shape or kind
+        return []
+    groups = tuple(n for n in groups if n in built.groups)
+    if any(n not in graph.groups or n in graph.inputs for n in groups):
+        return []
+    builtin = all(get_kind(graph.groups[n].kind) is _FUSED_KINDS.get(graph.groups[n].kind) for n in groups)
+    if not builtin or any(_group_key(graph, n) != _group_key(built, n) for n in groups):
+        return []
+    return [Block(groups, results, fused_step(graph))]
 
 # %% ../nbs/15_convert_recurrent.ipynb #11afff37
 def _cell_name(module: nn.Module) -> str:

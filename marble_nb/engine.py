@@ -20,8 +20,9 @@ from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, Dense, Sparse, numel
 MODES = ("compact", "synapse")
 
 # %% auto #0
-__all__ = ['MODES', 'Accumulator', 'ACCUMULATORS', 'Step', 'Accumulate', 'Fusion', 'FUSIONS', 'Hook', 'state_inputs', 'set_state',
-           'register_accumulator', 'register_fusion', 'run_all', 'run', 'Runner', 'MarbleModule']
+__all__ = ['MODES', 'Accumulator', 'ACCUMULATORS', 'Step', 'Accumulate', 'Fusion', 'FUSIONS', 'BlockStep', 'BlockFusion',
+           'BLOCK_FUSIONS', 'Hook', 'state_inputs', 'set_state', 'register_accumulator', 'register_fusion', 'Block',
+           'register_block_fusion', 'run_all', 'run', 'Runner', 'MarbleModule']
 
 # %% ../nbs/03_engine.ipynb #754195a7
 def _as_input(graph: Graph, name: str, x: Any, device: torch.device | None) -> Tensor:
@@ -291,12 +292,15 @@ def _plan(graph: Graph, mode: str, fuse: bool) -> _Plan:
     plan = plans.get((mode, fuse))
     if plan is None or not plan.valid_for(graph):
         _check_kinds(graph)
-        fused = _fusions(graph) if fuse else {}
-        away = {c.src for c in graph.connections if id(c) in fused}
+        blocks = _blocks(graph) if fuse else {}
+        inside = {n for placed in blocks.values() for b in placed for n in b.groups}
+        fused = _fusions(graph, inside) if fuse else {}
+        away = inside | {c.src for c in graph.connections if id(c) in fused}
         step = (lambda g: _compact_step(graph, g, fused)) if mode == "compact" else (lambda g: _synapse_step(graph, g))
         levels = [
             [(n, step(graph.groups[n])) for n in level if n not in graph.inputs and n not in away]
-            for level in _levels(graph)
+            + [(b.results, b.step) for b in blocks.get(i, [])]
+            for i, level in enumerate(_levels(graph))
         ]
         kinds = {g.kind: get_kind(g.kind) for g in graph.groups.values()}
         state = dict(graph.metadata.get("recurrent_state") or {})
@@ -331,21 +335,73 @@ def register_fusion(rule: Fusion) -> Fusion:
     return rule
 
 
-def _fusions(graph: Graph) -> dict[int, Accumulate]:
+def _fusions(graph: Graph, inside: set[str]) -> dict[int, Accumulate]:
     "id(connection) -> its fused term, for every connection whose source group a registered rule computes away."
-    keep = set(graph.inputs) | set(graph.outputs) | set(state_inputs(graph).values())
+    keep = set(graph.inputs) | set(graph.outputs) | set(state_inputs(graph).values()) | inside
     fused: dict[int, Accumulate] = {}
     away: set[str] = set()
     for level in _levels(graph):
         for name in level:
             out = graph.outgoing(name)
-            if name in keep or len(out) != 1 or any(c.src in away for c in graph.incoming(name)):
+            if (
+                name in keep
+                or len(out) != 1
+                or out[0].dst in inside
+                or any(c.src in away for c in graph.incoming(name))
+            ):
                 continue
             term = next((t for rule in FUSIONS if (t := rule(graph, out[0])) is not None), None)
             if term is not None:
                 fused[id(out[0])] = term
                 away.add(name)
     return fused
+
+# %% ../nbs/03_engine.ipynb #8324cb2f
+BlockStep = Callable[[dict[str, Tensor], int, int], tuple]  # (values, batch, chunk) -> the results' values
+
+
+@dataclass(frozen=True)
+class Block:
+    "Groups that compact mode computes with one step (see above)."
+
+    groups: tuple[str, ...]  # every group the step computes
+    results: tuple[str, ...]  # the groups whose values it returns, in this order
+    step: BlockStep
+
+
+BlockFusion = Callable[[Graph], "list[Block]"]
+BLOCK_FUSIONS: list[BlockFusion] = []
+
+
+def register_block_fusion(rule: BlockFusion) -> BlockFusion:
+    "Register a compact-mode block rule (see above); rules are asked in registration order."
+    BLOCK_FUSIONS.append(rule)
+    return rule
+
+
+def _blocks(graph: Graph) -> dict[int, list[Block]]:
+    "The blocks offered by the registered rules that can replace their groups, by the level they run at."
+    offered = [block for rule in BLOCK_FUSIONS for block in rule(graph)]
+    if not offered:
+        return {}
+    level = {n: i for i, names in enumerate(_levels(graph)) for n in names}
+    wanted = set(graph.outputs) | set(state_inputs(graph).values())
+    placed: dict[int, list[Block]] = {}
+    taken = set(graph.inputs)
+    for block in offered:
+        members = set(block.groups)
+        at = max(level[n] for n in members)
+        read = [c for c in graph.connections if c.src in members and c.dst not in members]
+        usable = (
+            not members & taken
+            and set(block.results) <= members
+            and ({c.src for c in read} | (wanted & members)) <= set(block.results)
+            and all(level[c.dst] > at for c in read)
+        )
+        if usable:
+            placed.setdefault(at, []).append(block)
+            taken |= members
+    return placed
 
 # %% ../nbs/03_engine.ipynb #a4df7d42
 Hook = Callable[[Graph, int, dict[str, Tensor]], None]
@@ -397,7 +453,10 @@ def _results(plan: _Plan, values: dict[str, Tensor]) -> tuple[Any, dict[str, Ten
 def _execute(plan: _Plan, values: dict[str, Tensor], batch: int, chunk: int) -> dict[str, Tensor]:
     "Run every step of the plan on the bound inputs in `values`."
     for name, step in plan.steps:
-        values[name] = step(values, batch, chunk)
+        if type(name) is tuple:  # a block: the values of several groups
+            values.update(zip(name, step(values, batch, chunk), strict=True))
+        else:
+            values[name] = step(values, batch, chunk)
     return values
 
 

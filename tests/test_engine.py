@@ -7,6 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from marble_nb import engine
+from marble_nb.convert_embed import Rearrange
 from marble_nb.engine import MODES, Runner, run, run_all, set_state
 from marble_nb.graph import Graph
 from marble_nb.kinds import get_kind
@@ -211,3 +213,109 @@ def test_runner_scan_equals_steps():
         steps = [stepper.step(seq[t]) for t in range(7)]
         torch.testing.assert_close(torch.stack(scanner.scan(seq)), torch.stack(steps))
         torch.testing.assert_close(scanner.state["h_prev"], stepper.state["h_prev"])
+
+
+def chain(*names):
+    "x -> names[0] -> names[1] -> ...: tanh groups of 3 joined by random dense weights; outputs the last."
+    torch.manual_seed(3)
+    g = Graph("chain")
+    g.add_input("x", 3)
+    for src, dst in zip(("x", *names), names, strict=False):
+        g.add_group(dst, 3, "tanh")
+        g.connect(src, dst, Dense(torch.randn(3, 3)))
+    g.set_outputs(names[-1])
+    return g
+
+
+def tanh_of(graph, values, src, dst):
+    "The value of tanh group `dst` computed from `src` as the graph says (one dense connection)."
+    (conn,) = [c for c in graph.incoming(dst) if c.src == src]
+    return torch.tanh(values[src] @ conn.op.weight.T)
+
+
+def block_over(graph, groups, results, calls):
+    "A block computing the tanh chain `groups` (each fed by the one before, the first by its own source)."
+    first_src = next((c.src for c in graph.incoming(groups[0])), None)  # (an input has none)
+
+    def step(values, batch, chunk):
+        calls.append(tuple(groups))
+        local = dict(values)
+        for src, dst in zip((first_src, *groups), groups, strict=False):
+            local[dst] = tanh_of(graph, local, src, dst)
+        return tuple(local[n] for n in results)
+
+    return engine.Block(tuple(groups), tuple(results), step)
+
+
+def block_steps(graph):
+    return [name for name, _ in engine._plan(graph, "compact", True).steps]
+
+
+def test_block_replaces_its_groups_and_gives_the_same_answer(monkeypatch):
+    g, calls = chain("a", "b", "c"), []
+    want = run_all(g, x := torch.randn(4, 3))["c"]
+    monkeypatch.setattr(engine, "BLOCK_FUSIONS", [lambda graph: [block_over(graph, ["a", "b"], ["b"], calls)]])
+    torch.testing.assert_close(run(g, x), want)
+    assert block_steps(g) == [("b",), "c"] and calls == [("a", "b")]
+    torch.testing.assert_close(run_all(g, x)["c"], want)  # every group: no block
+    torch.testing.assert_close(run(g, x, mode="synapse"), want)
+    assert calls == [("a", "b")]
+
+
+@pytest.mark.parametrize(
+    "groups,results,outputs",
+    [
+        (["a", "b"], ["b"], ["c", "a"]),  # a is an output, but not among the results
+        (["b", "c"], ["c"], ["c"]),  # b is read by d, outside
+        (["a", "b"], ["x"], ["c"]),  # a result outside the block
+        (["x", "a"], ["a"], ["c"]),  # an input
+    ],
+)
+def test_unusable_blocks_leave_the_plan_unfused(monkeypatch, groups, results, outputs):
+    g, calls = chain("a", "b", "c"), []
+    g.add_group("d", 3, "tanh")
+    g.connect("b", "d", Dense(torch.randn(3, 3)))
+    g.set_outputs(*outputs)
+    x = torch.randn(2, 3)
+    want = run_all(g, x)
+    monkeypatch.setattr(engine, "BLOCK_FUSIONS", [lambda graph: [block_over(graph, groups, results, calls)]])
+    got = run(g, x)
+    for name, value in zip(outputs, got if len(outputs) > 1 else [got], strict=True):
+        torch.testing.assert_close(value, want[name])
+    assert all(isinstance(n, str) for n in block_steps(g)) and calls == []
+
+
+def test_block_must_run_before_every_outside_reader(monkeypatch):
+    "Members a and c with b (outside) between them: the block would run at c's level, after b needs a."
+    g, calls = chain("a", "b", "c"), []
+    g.set_outputs("c")
+    monkeypatch.setattr(engine, "BLOCK_FUSIONS", [lambda graph: [block_over(graph, ["a", "c"], ["a", "c"], calls)]])
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(run(g, x), run_all(g, x)["c"])
+    assert calls == [] and block_steps(g) == ["a", "b", "c"]
+
+
+def test_overlapping_blocks_first_wins_and_connection_fusions_stay_out(monkeypatch):
+    "Of two blocks sharing a group only the first is used; a product read only by a block member is kept for it."
+    g, calls = chain("a", "b", "c"), []
+    g.add_group("p", 3, "prod")  # p = a·a, read only by b: the product fusion would add it into b's sum
+    g.connect("a", "p", Rearrange.identity(3))
+    g.connect("a", "p", Rearrange.identity(3))
+    g.connect("p", "b", Rearrange.identity(3))
+    x = torch.randn(2, 3)
+    want = run_all(g, x)["c"]
+
+    def with_p(graph):
+        "b from a and p, as one block over b and c."
+        (wa,) = (c.op.weight for c in graph.incoming("b") if c.src == "a")
+
+        def step(values, batch, chunk):
+            calls.append("bc")
+            b = torch.tanh(values["a"] @ wa.T + values["p"])
+            return (tanh_of(graph, {"b": b}, "b", "c"),)
+
+        return [engine.Block(("b", "c"), ("c",), step), block_over(graph, ["c"], ["c"], calls)]
+
+    monkeypatch.setattr(engine, "BLOCK_FUSIONS", [with_p])
+    torch.testing.assert_close(run(g, x), want)
+    assert block_steps(g) == ["a", "p", ("c",)] and calls == ["bc"]
