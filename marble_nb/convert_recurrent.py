@@ -19,7 +19,7 @@ from .convert_embed import PerPosition, Rearrange, own_origins
 from .engine import Block, BlockStep, Runner, register_block_fusion, run, set_state, state_inputs
 from .graph import Connection, Graph, GraphSummary
 from .kinds import get_kind
-from .ops import Dense, Gather
+from .ops import Dense, Gather, is_recording
 
 log = logging.getLogger("marble_nb")
 
@@ -378,16 +378,11 @@ class _Transposed:
 
     def __call__(self, like: Tensor) -> Tensor:
         w = self.conn.op.weight
-        if (w.requires_grad and torch.is_grad_enabled()) or w.is_inference() or _recording():
+        if (w.requires_grad and torch.is_grad_enabled()) or w.is_inference() or is_recording():
             return w.t().to(like.dtype)  # autograd or a tracer must see the weight; an inference tensor has no version
         if w is not self.weight or w._version != self.version or self.value.dtype != like.dtype:
             self.value, self.weight, self.version = w.t().to(like.dtype).contiguous(), w, w._version
         return self.value
-
-
-def _recording() -> bool:
-    "Whether PyTorch is tracing, exporting or compiling the running code (a kept copy would become a constant)."
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _connection(graph: Graph, src: str, dst: str) -> Connection:

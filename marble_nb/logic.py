@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kinds import GATE_COEFFICIENTS
+from .ops import is_recording
 
 log = logging.getLogger("marble_nb")
 
@@ -593,11 +594,6 @@ _INITS = ("random", "residual")
 _CONNECTIONS = {"random": random_connections, "unique": unique_connections}
 
 
-def _recording() -> bool:
-    "Whether PyTorch is tracing, exporting (ONNX, torch.export) or compiling the running code."
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-
-
 def _check_choice(name: str, value: str, choices):
     "Raise a ValueError naming the allowed values unless `value` is one of `choices`."
     if value not in choices:
@@ -624,7 +620,7 @@ class GateLogits(nn.Module):
 
     def _kernel(self, t: torch.Tensor) -> GateKernel | None:
         "The C training kernel when this module uses it for tensors like `t` (fast implementation, CPU float)."
-        if _recording():  # a tracer or exporter cannot see inside the kernel: give it the PyTorch form
+        if is_recording():  # a tracer or exporter cannot see inside the kernel: give it the PyTorch form
             return None
         kernel = training_kernel() if self.implementation == "fast" else None
         return kernel if kernel is not None and kernel.handles(t) else None
@@ -690,7 +686,7 @@ class LogicLayer(GateLogits):
 
     def _fan_out(self) -> tuple[torch.Tensor, torch.Tensor]:
         "`fan_out` of the current wiring, recomputed only when the wiring buffer changed."
-        if _recording():  # no cache lookups by data pointer inside a traced or exported program
+        if is_recording():  # no cache lookups by data pointer inside a traced or exported program
             return fan_out(self.wiring, self.in_dim)
         key = (self.wiring.data_ptr(), self.wiring._version, self.wiring.device)
         if getattr(self, "_fan_out_key", None) != key:

@@ -18,7 +18,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['DEFAULT_CHUNK', 'OPERATORS', 'REDUCE_IDENTITY', 'SCATTER_REDUCE', 'Synapses', 'ShapeError', 'numel', 'index_dtype',
-           'Operator', 'operator_from_state', 'Dense', 'Sparse', 'Gather', 'Conv', 'conv_output_size', 'window_taps']
+           'is_recording', 'Operator', 'operator_from_state', 'Dense', 'Sparse', 'Gather', 'Conv', 'conv_output_size',
+           'window_taps']
 
 # %% ../nbs/01_ops.ipynb #b8d9e0a7
 DEFAULT_CHUNK = 1 << 22  # synapses per materialised block: bounds memory of explicit views
@@ -49,6 +50,11 @@ def numel(shape: tuple[int, ...]) -> int:
 def index_dtype(n: int) -> torch.dtype:
     "int32 when indices below `n` fit (half the memory of int64), else int64."
     return torch.int32 if n < 2**31 else torch.int64
+
+
+def is_recording() -> bool:
+    "Whether PyTorch is tracing, exporting or compiling the running code (cached copies, C kernels: constants)."
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 # %% ../nbs/01_ops.ipynb #c48e3243
 OPERATORS: dict[str, type[Operator]] = {}
