@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 # %% auto #0
-__all__ = ['EVENT_DTYPE', 'ONE_EVENT', 'NEIGHBOURS', 'ENCODINGS', 'make_events', 'to_frames', 'binarize', 'polarity_maps',
-           'thermometer', 'denoise', 'FrameConfig', 'frame_events']
+__all__ = ['EVENT_DTYPE', 'ONE_EVENT', 'NEIGHBOURS', 'ENCODINGS', 'make_events', 'inside_sensor', 'to_frames', 'binarize',
+           'polarity_maps', 'thermometer', 'denoise', 'FrameConfig', 'frame_events']
 
 # %% ../nbs/30_events.ipynb #f2545196
 EVENT_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
@@ -30,6 +30,12 @@ def make_events(x, y, t, p) -> np.ndarray:  # equal-length integer sequences
     for name, column in zip("xytp", columns, strict=True):
         events[name] = column
     return events
+
+
+def inside_sensor(events: np.ndarray, sensor_size) -> np.ndarray:  # structured events; (width, height, ...)
+    """The events whose pixel lies on a sensor of `sensor_size` (width, height, ...): the others are dropped."""
+    x, y = events["x"], events["y"]
+    return events[(x >= 0) & (x < sensor_size[0]) & (y >= 0) & (y < sensor_size[1])]
 
 # %% ../nbs/30_events.ipynb #4fa1732d
 def _exact_in_float(first: int, last: int) -> bool:
