@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tonic
 import torch
-from _measure import median_time
+from _measure import median_time, median_times
 from torch.utils.data import DataLoader
 
 from marble_nb.datamodule import EventDataModule
@@ -25,9 +25,11 @@ from marble_nb.events import FrameConfig, binarize, denoise, make_events, to_fra
 SENSOR = (34, 34, 2)
 
 
-def _per_call(fn, number):
-    """Median seconds per call of `fn`, timing `number` calls at a time."""
-    return median_time(lambda: [fn() for _ in range(number)], repeats=7) / number
+def _per_call(fns, number, repeats=15):
+    """Median seconds per call of each of `fns`, timing `number` calls at a time, the functions taking turns
+    (so that a change of load on the shared cores during the run slows baseline and candidate alike)."""
+    rounds = [lambda fn=fn: [fn() for _ in range(number)] for fn in fns]
+    return [t / number for t in median_times(rounds, repeats=repeats)]
 
 
 def _report(name, t_ref, t_ours):
@@ -44,12 +46,12 @@ def bench_framing_and_denoise():
     )
     ref_frame = tonic.transforms.ToFrame(sensor_size=SENSOR, n_time_bins=10)
     assert np.array_equal(ref_frame(ev), to_frames(ev, SENSOR, n_time_bins=10))
-    t_ref = _per_call(lambda: ref_frame(ev), 20)  # with two polarities tonic leaves its input alone: no copy needed
-    t_ours = _per_call(lambda: to_frames(ev, SENSOR, n_time_bins=10), 20)
+    # with two polarities tonic leaves its input alone: no copy needed
+    t_ref, t_ours = _per_call([lambda: ref_frame(ev), lambda: to_frames(ev, SENSOR, n_time_bins=10)], 20, repeats=41)
     _report("framing", t_ref, t_ours)
     ref_dn = tonic.transforms.Denoise(filter_time=10_000)
     assert np.array_equal(ref_dn(ev), denoise(ev, 10_000))
-    t_ref, t_ours = _per_call(lambda: ref_dn(ev), 3), _per_call(lambda: denoise(ev, 10_000), 3)
+    t_ref, t_ours = _per_call([lambda: ref_dn(ev), lambda: denoise(ev, 10_000)], 3, repeats=7)
     _report("denoise", t_ref, t_ours)
 
 

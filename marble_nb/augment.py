@@ -10,18 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .events import make_events
+from .events import inside_sensor, make_events
 
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'spatial_jitter', 'time_jitter', 'time_skew', 'flip_lr', 'flip_ud', 'translate', 'drop_events',
            'drop_pixels', 'drop_by_time', 'uniform_noise', 'Augment']
 
 # %% ../nbs/32_augment.ipynb #fb5e472f
-def _inside(events: np.ndarray, sensor_size) -> np.ndarray:
-    keep = (events["x"] >= 0) & (events["x"] < sensor_size[0]) & (events["y"] >= 0) & (events["y"] < sensor_size[1])
-    return events[keep]
-
-
 def _time_sorted(events: np.ndarray) -> np.ndarray:
     return events[np.argsort(events["t"], kind="stable")]
 
@@ -31,7 +26,7 @@ def spatial_jitter(events, sensor_size, rng, sigma: float = 1.0):  # std of the 
     out = events.copy()
     out["x"] = out["x"] + np.rint(rng.normal(0, sigma, len(out))).astype(out["x"].dtype)
     out["y"] = out["y"] + np.rint(rng.normal(0, sigma, len(out))).astype(out["y"].dtype)
-    return _inside(out, sensor_size)
+    return inside_sensor(out, sensor_size)
 
 
 def time_jitter(events, sensor_size, rng, sigma: float = 100.0):  # std of the per-event time shift
@@ -70,7 +65,7 @@ def translate(events, sensor_size, rng, max_shift: int = 3):  # largest shift in
     dx, dy = rng.integers(-max_shift, max_shift + 1, 2)
     out["x"] += dx
     out["y"] += dy
-    return _inside(out, sensor_size)
+    return inside_sensor(out, sensor_size)
 
 
 def drop_events(events, sensor_size, rng, p: float = 0.1):  # probability of dropping each event

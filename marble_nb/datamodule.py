@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 
+from collections.abc import Callable, Iterator
+
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from .augment import Augment
@@ -19,7 +21,7 @@ from .datasets import event_dataset
 from .events import FrameConfig, frame_events
 
 # %% auto #0
-__all__ = ['SampleError', 'GuardedFrames', 'StoppingDataLoader', 'AugmentedFrames', 'EventDataModule']
+__all__ = ['SampleError', 'GuardedFrames', 'StoppingDataLoader', 'EpochShuffleSampler', 'AugmentedFrames', 'EventDataModule']
 
 # %% ../nbs/34_datamodule.ipynb #cd0e7f04
 class SampleError(RuntimeError):
@@ -43,7 +45,7 @@ class GuardedFrames(Dataset):
         except Exception as err:
             file = self.files[index] if self.files is not None and index < len(self.files) else "<no file>"
             raise SampleError(f"sample {index} (file {file}) failed: {type(err).__name__}: {err}") from err
-        return torch.as_tensor(np.asarray(frames), dtype=torch.float32), int(label)
+        return torch.from_numpy(np.array(frames, dtype=np.float32)), int(label)  # a copy: cached frames are read-only
 
 
 class _StoppingIterator(_MultiProcessingDataLoaderIter):
@@ -69,6 +71,32 @@ class StoppingDataLoader(DataLoader):
         return _StoppingIterator(self) if self.num_workers > 0 else super()._get_iterator()
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of `range(n)` that depends only on `(seed, epoch)`; `set_epoch` chooses the epoch."""
+
+    def __init__(
+        self,
+        n: int,  # number of samples
+        seed: int = 0,  # with the epoch, seeds the order
+        epoch: int = 0,  # first epoch
+        on_epoch: Callable[[int], None] | None = None,  # told each new epoch (the data module moves augmentation on)
+    ):
+        self.n, self.seed, self.on_epoch = n, seed, on_epoch
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch `epoch`'s order from the next pass on (Lightning calls this before every epoch)."""
+        self.epoch = int(epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+
 class AugmentedFrames:
     """Frames computed on the fly from augmented events; `epoch` is set by the data module."""
 
@@ -83,7 +111,7 @@ class AugmentedFrames:
         sensor = tuple(self.dataset.sensor_size)
         return frame_events(self.augment(events, sensor, index, self.epoch), sensor, self.framing), label
 
-# %% ../nbs/34_datamodule.ipynb #36cd3ea1
+# %% ../nbs/34_datamodule.ipynb #b4d67fdc
 class EventDataModule(L.LightningDataModule):
     """Event-camera data for Lightning: framing + encoding from `framing`, cached, optionally augmented."""
 
@@ -135,29 +163,34 @@ class EventDataModule(L.LightningDataModule):
             "test": GuardedFrames(test_cached, test_raw.data),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _split(self, split: str) -> Dataset:
         if not self.splits:
             raise RuntimeError("Call setup() before asking for a dataloader.")
-        generator = torch.Generator().manual_seed(self.seed)
+        return self.splits[split]
+
+    def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         return StoppingDataLoader(
-            self.splits[split],
+            self._split(split),
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
-            generator=generator,
             persistent_workers=False,
         )
 
+    def _set_augment_epoch(self, epoch: int) -> None:
+        if self._augmented is not None:  # set before the loader starts its workers, which copy the dataset
+            self._augmented.epoch = epoch
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches; augmentation (if any) advances with the trainer's epoch."""
-        if self._augmented is not None and self.trainer is not None:
-            self._augmented.epoch = self.trainer.current_epoch
-        return self._loader("train", shuffle=True)
+        """Training batches in the order of `EpochShuffleSampler`; the sampler's epoch also seeds augmentation."""
+        first_epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        sampler = EpochShuffleSampler(len(self._split("train")), self.seed, first_epoch, self._set_augment_epoch)
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches (held out from the train split)."""
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
         """Test-split batches."""
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .events import make_events
+from .events import inside_sensor, make_events
 
 log = logging.getLogger("marble_nb")
 
 # %% auto #0
-__all__ = ['log', 'SENSOR_SIZE', 'SACCADE_CORNERS', 'SACCADE_REACH', 'SIM_CHUNK', 'NDIGITS_FOLDER', 'DATASETS', 'AEDAT4_MAGIC',
-           'AEDAT4_EVENT', 'FIXTURE_SENSORS', 'data_root', 'encode_nmnist', 'write_atomic', 'write_nmnist_bin',
-           'NDigitsConfig', 'saccade_offset', 'bundled_digits', 'bilinear_matrix', 'digit_canvases', 'shift_bilinear',
-           'threshold_crossings', 'refractory_keep', 'simulate_dvs', 'make_ndigits', 'DatasetSpec', 'event_dataset',
-           'encode_aedat4', 'encode_dvsgesture_npy', 'write_fixture']
+__all__ = ['log', 'SENSOR_SIZE', 'SACCADE_CORNERS', 'SACCADE_REACH', 'SIM_CHUNK', 'NDIGITS_FOLDER', 'DATASETS', 'SPLIT_SEED',
+           'TEST_PERCENT', 'AEDAT4_MAGIC', 'AEDAT4_EVENT', 'FIXTURE_SENSORS', 'data_root', 'encode_nmnist',
+           'write_atomic', 'write_nmnist_bin', 'NDigitsConfig', 'saccade_offset', 'bundled_digits', 'bilinear_matrix',
+           'digit_canvases', 'shift_bilinear', 'threshold_crossings', 'refractory_keep', 'simulate_dvs', 'make_ndigits',
+           'DatasetSpec', 'holdout_test', 'event_dataset', 'encode_aedat4', 'encode_dvsgesture_npy', 'write_fixture']
 
 # %% ../nbs/31_datasets.ipynb #815fd865
 def data_root(root: str | os.PathLike | None = None) -> Path:  # explicit root wins over the environment
@@ -335,7 +335,8 @@ class DatasetSpec:
     folder: str  # folder under the root (tonic uses the class name)
     layout: str  # expected layout, for error messages
     source: str  # official download page
-    has_split: bool = True  # whether the tonic class takes `train=`
+    has_split: bool = True  # whether the tonic class takes `train=` (else: a per-class holdout, `holdout_split`)
+    sensor_size: tuple[int, int, int] | None = None  # fixed (W, H, P) when tonic's reader has none (events cropped)
 
 
 DATASETS = {
@@ -357,6 +358,7 @@ DATASETS = {
         "NCALTECH101/Caltech101/<class>/image_<id>.bin",
         "https://www.garrickorchard.com/datasets/n-caltech101",
         has_split=False,
+        sensor_size=(240, 180, 2),
     ),
     "dvsgesture": DatasetSpec(
         "DVSGesture",
@@ -372,46 +374,103 @@ DATASETS = {
         has_split=False,
     ),
 }
+SPLIT_SEED = 0  # seeds the per-class holdout of the datasets without an official split
+TEST_PERCENT = 10  # share of each class held out as their test split
 
 
-def _split_folder(reader, spec: DatasetSpec) -> Path:
+def holdout_test(
+    files: list[str], labels: list[int], percent: int = TEST_PERCENT, seed: int = SPLIT_SEED
+) -> np.ndarray:
+    """Mask of the files in the test split: `percent` % of each class (rounded down, at least one of two or more).
+
+    A class's files are sorted by name and permuted by a generator seeded with `(seed, label)`, so the choice
+    depends on neither the order of `files` nor the other classes."""
+    files, labels = np.asarray(files, dtype=str), np.asarray(labels)
+    test = np.zeros(len(files), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[np.argsort(files[members], kind="stable")]
+        n_test = max(len(members) * percent // 100, int(len(members) >= 2))
+        test[members[np.random.default_rng([seed, int(label)]).permutation(len(members))[:n_test]]] = True
+    return test
+
+# %% ../nbs/31_datasets.ipynb #a29a960d
+def _split_folder(reader) -> Path:
     return Path(reader.location_on_system, reader.folder_name)
 
 
+def _index_labels(reader) -> None:
+    """String labels (class folder names) become indices into `reader.classes`, the sorted names."""
+    if reader.targets and isinstance(reader.targets[0], str):
+        reader.classes = sorted(set(reader.targets))
+        index = {name: i for i, name in enumerate(reader.classes)}
+        reader.targets = [index[name] for name in reader.targets]
+
+
+def _keep_split(reader, split: str) -> None:
+    """Keep the recordings of `split` ("train", "test" or "all") of a dataset without an official split."""
+    order = np.argsort(np.asarray(reader.data, dtype=str), kind="stable")  # by name: independent of the file system
+    data, targets = [reader.data[i] for i in order], [reader.targets[i] for i in order]
+    if split != "all":
+        test = holdout_test(data, targets)
+        kept = np.flatnonzero(test if split == "test" else ~test)
+        data, targets = [data[i] for i in kept], [targets[i] for i in kept]
+    reader.data, reader.targets = data, targets
+
+
+def _then(first, second):
+    """`second(first(events))`, or just `first` when `second` is None (the user's transform runs after the crop)."""
+    return first if second is None else (lambda events: second(first(events)))
+
+
 def _offline_class(spec: DatasetSpec):
-    """A subclass of the tonic reader that checks files instead of downloading, named after the data folder."""
+    """A subclass of the tonic reader named after the data folder: it checks files instead of downloading, and
+    for datasets without an official split or sensor size it selects the split, indexes labels and crops."""
+    import functools
+
     import tonic.datasets
 
     base = getattr(tonic.datasets, spec.tonic_class)
 
+    def __init__(self, save_to: str, split: str = "train", transform=None):
+        if spec.sensor_size is not None:
+            self.sensor_size = spec.sensor_size
+            transform = _then(functools.partial(inside_sensor, sensor_size=spec.sensor_size), transform)
+        if spec.has_split:
+            base.__init__(self, save_to, train=split == "train", transform=transform)
+        else:
+            base.__init__(self, save_to, transform=transform)
+            _index_labels(self)
+            _keep_split(self, split)
+
     def _check_exists(self) -> bool:
-        return any(_split_folder(self, spec).rglob("*.*"))
+        return any(_split_folder(self).rglob("*.*"))
 
     def download(self) -> None:
         raise FileNotFoundError(
-            f"{spec.folder} files not found in {_split_folder(self, spec)}. marble_nb never downloads; "
+            f"{spec.folder} files not found in {_split_folder(self)}. marble_nb never downloads; "
             f"put the data there with the layout <root>/{spec.layout} (source: {spec.source})."
         )
 
-    return type(spec.folder, (base,), {"_check_exists": _check_exists, "download": download})
+    return type(spec.folder, (base,), {"__init__": __init__, "_check_exists": _check_exists, "download": download})
 
 
 def event_dataset(
     name: str,  # one of DATASETS: ndigits, nmnist, ncaltech101, dvsgesture, cifar10dvs
     root: str | os.PathLike | None = None,  # data root (default: `data_root()`)
-    split: str = "train",  # "train" or "test" (datasets without an official split ignore it: use all)
+    split: str = "train",  # "train" or "test"; "all" too for datasets without an official split
     transform=None,  # applied to the events of each sample
 ):
     """The tonic dataset `name` read from `root` without downloading; N-Digits is generated when missing."""
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     spec, root = DATASETS[name], data_root(root)
+    splits = ("train", "test") if spec.has_split else ("train", "test", "all")
+    if split not in splits:
+        raise ValueError(f"split must be one of {splits} for {name}, got {split!r}.")
     if name == "ndigits":
         make_ndigits(root)
-    kwargs = {"train": split == "train"} if spec.has_split else {}
-    return _offline_class(spec)(str(root), transform=transform, **kwargs)
+    return _offline_class(spec)(str(root), split, transform)
 
 # %% ../nbs/31_datasets.ipynb #a3f45ffd
 AEDAT4_MAGIC = b"#!AER-DAT4.0\r\n"

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 # %% auto #0
-__all__ = ['EVENT_DTYPE', 'NEIGHBOURS', 'ENCODINGS', 'make_events', 'to_frames', 'binarize', 'polarity_maps', 'thermometer',
-           'denoise', 'FrameConfig', 'frame_events']
+__all__ = ['EVENT_DTYPE', 'ONE_EVENT', 'NEIGHBOURS', 'ENCODINGS', 'make_events', 'inside_sensor', 'to_frames', 'binarize',
+           'polarity_maps', 'thermometer', 'denoise', 'FrameConfig', 'frame_events']
 
 # %% ../nbs/30_events.ipynb #f2545196
 EVENT_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
@@ -31,17 +31,45 @@ def make_events(x, y, t, p) -> np.ndarray:  # equal-length integer sequences
         events[name] = column
     return events
 
+
+def inside_sensor(events: np.ndarray, sensor_size) -> np.ndarray:  # structured events; (width, height, ...)
+    """The events whose pixel lies on a sensor of `sensor_size` (width, height, ...): the others are dropped."""
+    x, y = events["x"], events["y"]
+    return events[(x >= 0) & (x < sensor_size[0]) & (y >= 0) & (y < sensor_size[1])]
+
 # %% ../nbs/30_events.ipynb #4fa1732d
+def _exact_in_float(first: int, last: int) -> bool:
+    """Whether all integers from `first` to `last` are exact in float64 (magnitude below 2**53)."""
+    return max(-first, last) < 2**53
+
+
+def _search_left(t: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """`np.searchsorted(t, queries)` on time-sorted `t`, without converting the times to float.
+
+    numpy compares integer times with float queries by first converting every time to float64, which costs more
+    than the search itself. Integer times of magnitude below 2**53 are exact in float64, and for them `t >= q`
+    holds exactly when `t >= ceil(q)`: rounding the few queries up (and clipping them to the recorded range,
+    which moves no index) gives the same indices with integer comparisons."""
+    if t.dtype.kind in "iu" and queries.dtype != t.dtype:
+        first, last = t[0].item(), t[-1].item()
+        if _exact_in_float(first, last):
+            if queries.dtype.kind == "f":
+                queries = np.ceil(queries)
+            queries = queries.clip(first, last + 1).astype(np.int64 if t.dtype.kind == "i" else np.uint64)
+    return t.searchsorted(queries)
+
+
 def _bounds_by_time(t, time_window, overlap, include_incomplete, start_time, end_time):
     stride = time_window - overlap
     if stride <= 0:
         raise ValueError(f"overlap ({overlap}) must be smaller than time_window ({time_window}).")
-    start = t[0] if start_time is None else start_time
-    duration = (t[-1] if end_time is None else end_time) - start
+    start = t[0].item() if start_time is None else start_time  # Python scalars: unsigned times cannot wrap around
+    duration = (t[-1].item() if end_time is None else end_time) - start
     rounding = np.ceil if include_incomplete else np.floor
     n_slices = max(int(rounding((duration - time_window) / stride) + 1), 1)
     window_starts = np.arange(n_slices) * stride + start
-    return np.searchsorted(t, window_starts), np.searchsorted(t, window_starts + time_window)
+    edges = _search_left(t, np.concatenate([window_starts, window_starts + time_window]))
+    return edges[:n_slices], edges[n_slices:]
 
 
 def _bounds_by_count(n_events, event_count, overlap, include_incomplete):
@@ -52,16 +80,25 @@ def _bounds_by_count(n_events, event_count, overlap, include_incomplete):
     rounding = np.ceil if include_incomplete else np.floor
     n_slices = int(rounding((n_events - count) / stride) + 1)
     starts = (np.arange(n_slices) * stride).astype(np.int64)
-    return starts, starts + count
+    return starts, np.minimum(starts + count, n_events)  # an incomplete last slice ends with the stream
 
 
 def _bounds_by_time_bins(t, n_bins, overlap):
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1) for n_time_bins, got {overlap}.")
+    if overlap == 0 and t.dtype.kind in "iu":
+        first, last = int(t[0]), int(t[-1])
+        if _exact_in_float(first, last):
+            # each bin ends where the next starts, at the integer times first + k * step (exact in float64)
+            step = (last - first) // n_bins
+            stop = first + (n_bins + 1) * step
+            bin_edges = np.arange(first, stop, step, dtype=t.dtype) if step else np.full(n_bins + 1, first, t.dtype)
+            edges = t.searchsorted(bin_edges)
+            return edges[:-1], edges[1:]
     first, last = t[0].item(), t[-1].item()  # Python scalars: same values, less overhead
     window = (last - first) // n_bins * (1 + overlap)
     window_starts = np.arange(n_bins) * (window * (1 - overlap)) + first
-    edges = np.searchsorted(t, np.concatenate([window_starts, window_starts + window]))
+    edges = _search_left(t, np.concatenate([window_starts, window_starts + window]))
     return edges[:n_bins], edges[n_bins:]
 
 
@@ -70,7 +107,7 @@ def _bounds_by_event_bins(n_events, n_bins, overlap):
         raise ValueError(f"overlap must be in [0, 1) for n_event_bins, got {overlap}.")
     count = int(n_events // n_bins * (1 + overlap))
     starts = np.arange(n_bins) * int(count * (1 - overlap))
-    return starts, starts + count
+    return starts, np.minimum(starts + count, n_events)
 
 # %% ../nbs/30_events.ipynb #7a5adc61
 def _slice_bounds(
@@ -86,16 +123,36 @@ def _slice_bounds(
     return _bounds_by_event_bins(len(events), n_event_bins, overlap)
 
 
-def _flat_index(events, frame_channel, height, width, n_pol):
-    """Flat (frame, polarity, y, x) index of every event, built in place on `frame_channel` (frame * n_pol)."""
-    index = frame_channel
+ONE_EVENT = np.int16(1)  # np.add.at's fast path needs the added value in the frames' own dtype
+
+
+def _accumulate(events, starts, ends, n_pol, height, width) -> np.ndarray:
+    """int16 frames `(slices, P, H, W)` counting the events of each slice `events[starts[i]:ends[i]]`.
+
+    One flat `(slice, polarity, y, x)` index per counted event, built in place, then one `np.add.at` into the
+    int16 frames: the same additions (and int16 wrap-around) as tonic's per-slice `np.add.at`."""
+    n_frames, lengths = len(starts), ends - starts
+    index = np.arange(0, n_frames * n_pol, n_pol).repeat(lengths)  # slice * n_pol for each counted event
+    # do the slices tile one stretch of the stream (each starts where the previous ends)? (bytes: cheapest test)
+    if starts[1:].tobytes() == ends[:-1].tobytes():  # then read that stretch once, in order
+        counted = events[starts[0] : ends[-1]]
+    else:  # overlapping slices count some events twice, gaps skip some: gather each slice's events
+        counted = events.take(np.arange(len(index)) - (np.cumsum(lengths) - lengths - starts).repeat(lengths))
     if n_pol > 1:  # one polarity channel folds ON and OFF together
-        index += events["p"]
+        index += counted["p"]
     index *= height
-    index += events["y"]
+    index += counted["y"]
     index *= width
-    index += events["x"]
-    return index
+    index += counted["x"]
+    frames = np.zeros((n_frames, n_pol, height, width), dtype=np.int16)
+    try:
+        np.add.at(frames.reshape(-1), index, ONE_EVENT)
+    except IndexError:
+        raise ValueError(
+            f"Events lie outside sensor_size (width, height, polarities) = {(width, height, n_pol)}; "
+            "pass the sensor the events were recorded with."
+        ) from None
+    return frames
 
 
 def _empty_frame_count(time_window, event_count, n_time_bins, n_event_bins) -> int:
@@ -103,7 +160,7 @@ def _empty_frame_count(time_window, event_count, n_time_bins, n_event_bins) -> i
 
 
 def to_frames(
-    events: np.ndarray,  # structured array with fields x, y, t, p (sorted by t)
+    events: np.ndarray,  # structured array with fields x, y, t, p (sorted by t, inside the sensor)
     sensor_size: tuple[int, int, int],  # (width, height, polarities) as in tonic
     time_window: float | None = None,  # frame length in time units
     event_count: int | None = None,  # events per frame
@@ -115,32 +172,21 @@ def to_frames(
     end_time: float | None = None,  # window end for time_window (default: last event)
 ) -> np.ndarray:
     """Accumulate events into `int16` frames `(T, P, H, W)`, equal to `tonic.transforms.ToFrame`, without loops."""
-    chosen = [v is not None for v in (time_window, event_count, n_time_bins, n_event_bins)]
-    if sum(chosen) != 1:
+    n_unset = [time_window, event_count, n_time_bins, n_event_bins].count(None)
+    if n_unset != 3:
         raise ValueError(
-            f"Pass exactly one of time_window, event_count, n_time_bins, n_event_bins; got {sum(chosen)} set."
+            f"Pass exactly one of time_window, event_count, n_time_bins, n_event_bins; got {4 - n_unset} set."
         )
-    width, height, n_pol = (int(s) for s in sensor_size)
-    if n_pol == 1 and len(events) and np.unique(events["p"]).size > 1:
-        raise ValueError("sensor_size has 1 polarity but the events contain both; use sensor_size[2] = 2.")
+    width, height, n_pol = map(int, sensor_size)
     if len(events) == 0:
         n = _empty_frame_count(time_window, event_count, n_time_bins, n_event_bins)
         return np.zeros((n, n_pol, height, width), dtype=np.int16)
+    if n_pol == 1 and events["p"].min() != events["p"].max():
+        raise ValueError("sensor_size has 1 polarity but the events contain both; use sensor_size[2] = 2.")
     starts, ends = _slice_bounds(
         events, time_window, event_count, n_time_bins, n_event_bins, overlap, include_incomplete, start_time, end_time
     )
-    starts, ends = np.asarray(starts, dtype=np.int64), np.minimum(ends, len(events))
-    lengths = np.maximum(ends - starts, 0)
-    plane = n_pol * height * width
-    frame_channel = np.repeat(np.arange(0, len(starts) * n_pol, n_pol), lengths)  # frame * n_pol per event
-    if ends[-1] >= starts[-1] and (starts[1:] == ends[:-1]).all():
-        # slices tile one stretch of the stream (no overlap): read it once, in order
-        flat = _flat_index(events[starts[0] : ends[-1]], frame_channel, height, width, n_pol)
-    else:
-        event_of = np.arange(len(frame_channel)) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
-        flat = _flat_index(events.take(event_of), frame_channel, height, width, n_pol)
-    counts = np.bincount(flat, minlength=len(starts) * plane)
-    return counts.astype(np.int16).reshape(len(starts), n_pol, height, width)
+    return _accumulate(events, starts, ends, n_pol, height, width)
 
 # %% ../nbs/30_events.ipynb #32363812
 def binarize(frames: np.ndarray, threshold: int = 1) -> np.ndarray:  # count frames; minimum count for a 1

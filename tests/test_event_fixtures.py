@@ -1,12 +1,15 @@
 """Each tonic reader runs for real through `event_dataset` on tiny files written in the dataset's own format."""
 
+import os
+from unittest import mock
+
 import numpy as np
 import pytest
 import tonic
 
 from marble_nb.datamodule import EventDataModule
-from marble_nb.datasets import event_dataset, write_fixture
-from marble_nb.events import FrameConfig, to_frames
+from marble_nb.datasets import event_dataset, write_fixture, write_nmnist_bin
+from marble_nb.events import FrameConfig, make_events, to_frames
 
 
 def _written_for(name, files, dataset):
@@ -20,10 +23,10 @@ def _written_for(name, files, dataset):
     [
         ("nmnist", "train", 20, (34, 34, 2)),
         ("nmnist", "test", 20, (34, 34, 2)),
-        ("ncaltech101", "train", 6, None),
+        ("ncaltech101", "all", 6, (240, 180, 2)),
         ("dvsgesture", "train", 22, (128, 128, 2)),
         ("dvsgesture", "test", 22, (128, 128, 2)),
-        ("cifar10dvs", "train", 20, (128, 128, 2)),
+        ("cifar10dvs", "all", 20, (128, 128, 2)),
     ],
 )
 def test_reader_reads_fixture(tmp_path, name, split, n_files, sensor):
@@ -41,8 +44,48 @@ def test_reader_reads_fixture(tmp_path, name, split, n_files, sensor):
         np.testing.assert_array_equal(events["x"].astype(np.int64), written["x"] - offset[0])
         np.testing.assert_array_equal(events["y"].astype(np.int64), written["y"] - offset[1])
     labels = sorted(set(ds.targets))
-    expected = {"nmnist": list(range(10)), "dvsgesture": list(range(11)), "cifar10dvs": list(range(10))}
-    assert labels == expected.get(name, ["accordion", "airplanes", "anchor"])
+    expected = {"nmnist": 10, "dvsgesture": 11, "cifar10dvs": 10, "ncaltech101": 3}
+    assert labels == list(range(expected[name]))
+    if name == "ncaltech101":  # class indices into the sorted folder names
+        assert ds.classes == ["accordion", "airplanes", "anchor"]
+        assert [ds.classes[t] for t in ds.targets] == [path.split("/")[-2] for path in ds.data]
+
+
+@pytest.mark.parametrize("name, n_classes", [("cifar10dvs", 10), ("ncaltech101", 3)])
+def test_split_without_official_one_is_disjoint_stratified_and_deterministic(tmp_path, name, n_classes):
+    """10 % of each class to test (at least one), never in train; the same files whatever the listing order."""
+    write_fixture(name, tmp_path / "a", per_class=12, n_events=20, seed=1)
+    train, test, everything = (event_dataset(name, tmp_path / "a", s) for s in ("train", "test", "all"))
+    assert not set(train.data) & set(test.data)
+    assert sorted(train.data + test.data) == sorted(everything.data)
+    assert np.bincount(test.targets).tolist() == [1] * n_classes  # 12 // 10 per class
+    assert np.bincount(train.targets).tolist() == [11] * n_classes
+    for index in range(len(test)):  # each sample is read from its own file with its own class
+        events, target = test[index]
+        assert target == test.targets[index] and len(events) == 20
+    # the same files written again elsewhere, and listed in reverse order by the file system walk: same split
+    write_fixture(name, tmp_path / "b", per_class=12, n_events=20, seed=2)
+    real_walk = os.walk
+    with mock.patch("os.walk", lambda top, **kw: ((p, d, f[::-1]) for p, d, f in real_walk(top, **kw))):
+        again = event_dataset(name, tmp_path / "b", "test")
+    assert [os.path.relpath(p, tmp_path / "b") for p in again.data] == [
+        os.path.relpath(p, tmp_path / "a") for p in test.data
+    ]
+    with pytest.raises(ValueError, match="split must be one of"):
+        event_dataset(name, tmp_path / "a", "val")
+
+
+def test_ncaltech101_events_beyond_the_fixed_sensor_are_dropped(tmp_path):
+    """tonic moves the smallest x, y to 0; what lies beyond 240 x 180 after that is cropped, before any transform."""
+    path = tmp_path / "NCALTECH101" / "Caltech101" / "anchor" / "image_0001.bin"
+    write_nmnist_bin(path, make_events([3, 250, 120, 10], [5, 20, 186, 40], [0, 10, 20, 30], [1, 0, 1, 0]))
+    seen = []
+    ds = event_dataset("ncaltech101", tmp_path, "all", transform=lambda ev: seen.append(len(ev)) or ev)
+    events, label = ds[0]
+    assert (events["x"].tolist(), events["y"].tolist(), label) == ([0, 7], [0, 35], 0)  # (250, 20), (120, 186) cropped
+    assert seen == [2]
+    frames = to_frames(events, ds.sensor_size, n_time_bins=1)
+    assert frames.shape == (1, 2, 180, 240)
 
 
 @pytest.mark.parametrize("name", ["dvsgesture", "cifar10dvs"])

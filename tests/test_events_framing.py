@@ -23,6 +23,12 @@ def streams(draw, min_size=1):
 
 MODES = st.one_of(
     st.builds(lambda w, o: dict(time_window=w, overlap=min(o, w - 1)), st.integers(1, 3000), st.integers(0, 500)),
+    st.builds(  # float windows: the window bounds fall between integer timestamps
+        lambda w, o, s: dict(time_window=w, overlap=o * w, start_time=s),
+        st.floats(0.5, 3000),
+        st.sampled_from([0.0, 0.3]),
+        st.one_of(st.none(), st.floats(-100, 2000)),
+    ),
     st.builds(
         lambda c, o, inc: dict(event_count=c, overlap=min(o, c - 1), include_incomplete=inc),
         st.integers(1, 40),
@@ -41,6 +47,34 @@ def test_to_frames_equals_tonic(events, mode):
     ours = to_frames(events, SENSOR, **mode)
     assert ours.dtype == ref.dtype and ours.shape == ref.shape
     np.testing.assert_array_equal(ours, ref)
+
+
+# the field types of tonic's readers: NMNIST/N-Caltech101 int64, DVS-Gesture int16 + bool, CIFAR10-DVS uint64 times
+READER_DTYPES = [
+    np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")]),
+    np.dtype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("p", "?")]),
+]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # tonic's own uint64 arithmetic
+@settings(max_examples=150, deadline=None)
+@given(streams(), MODES, st.sampled_from(READER_DTYPES))
+def test_to_frames_equals_tonic_on_reader_dtypes(events, mode, dtype):
+    typed = np.empty(len(events), dtype)
+    for name in "xytp":  # by name: astype would assign structured fields by position
+        typed[name] = events[name]
+    ours = to_frames(typed, SENSOR, **mode)
+    try:
+        ref = tonic.transforms.ToFrame(sensor_size=SENSOR, **mode)(typed.copy())
+    except (ValueError, MemoryError):  # tonic: uint64 duration - int window wraps around when the window is longer
+        assert typed.dtype["t"] == np.uint64 and isinstance(mode.get("time_window"), int)
+        return
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_events_outside_the_sensor_are_refused():
+    with pytest.raises(ValueError, match="outside sensor_size"):
+        to_frames(make_events([1, 9], [0, 6], [0, 5], [1, 1]), SENSOR, event_count=2)
 
 
 @given(MODES)

@@ -9,7 +9,7 @@ from marble_nb.stats import animate_events, event_stats, frame_grid, plot_stats,
 
 def test_stats_match_the_written_events(tmp_path):
     files = write_fixture("cifar10dvs", tmp_path, per_class=2, n_events=70, seed=2)
-    ds = event_dataset("cifar10dvs", tmp_path)
+    ds = event_dataset("cifar10dvs", tmp_path, "all")
     stats = event_stats(ds, progress=False)
     written = {path.split("/")[-1]: ev for path, ev in files.items()}
     for i, path in enumerate(ds.data):
@@ -28,13 +28,35 @@ def test_stats_match_the_written_events(tmp_path):
     assert np.isclose(rows[-1]["events"], 70) and "<table>" in stats._repr_html_() and "airplane" in repr(stats)
 
 
+class _NoSensor:
+    "A tonic-style dataset without sensor_size, its recordings of different extents (N-Caltech101 as tonic reads it)."
+
+    sensor_size = None
+
+    def __init__(self, ds):
+        self.items, self.classes = [ds[i] for i in range(len(ds))], ds.classes
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
 def test_heatmap_grows_with_recordings_of_different_sizes(tmp_path):
     write_fixture("ncaltech101", tmp_path, per_class=2, n_events=40, seed=4)
-    ds = event_dataset("ncaltech101", tmp_path)  # sensor_size is None: each recording has its own extent
+    ds = _NoSensor(event_dataset("ncaltech101", tmp_path, "all"))
     stats = event_stats(ds, progress=False)
     widths = [int(ds[i][0]["x"].max()) + 1 for i in range(len(ds))]
-    assert stats.heatmap.shape[2] == max(widths) and stats.heatmap.sum() == 40 * len(ds)
+    assert len(set(widths)) > 1 and stats.heatmap.shape[2] == max(widths) and stats.heatmap.sum() == 40 * len(ds)
     assert sorted({r["name"] for r in stats.table()[:-1]}) == ["accordion", "airplanes", "anchor"]
+
+
+def test_ncaltech101_heatmap_has_the_fixed_sensor_size(tmp_path):
+    write_fixture("ncaltech101", tmp_path, per_class=2, n_events=40, seed=4)
+    stats = event_stats(event_dataset("ncaltech101", tmp_path, "all"), progress=False)
+    assert stats.heatmap.shape == (2, 180, 240) and stats.heatmap.sum() == 40 * 6
+    assert [r["name"] for r in stats.table()[:-1]] == ["accordion", "airplanes", "anchor"]
 
 
 def test_figures_grid_and_animation(tmp_path):

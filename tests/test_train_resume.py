@@ -68,12 +68,8 @@ def test_resume_continues_exactly_with_dropout(tmp_path):
     assert rec.losses == full.losses[-3:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EventDataModule seeds a new shuffling generator each time train_dataloader() is called, so a resumed "
-    "run replays epoch 0's order (needs a per-epoch seeded sampler in nbs/34_datamodule)",
-)
 def test_resume_continues_exactly_with_datamodule_shuffling(tmp_path):
+    "EventDataModule's sampler draws epoch e's order from (seed, e): the resumed epoch 2 sees the same batches."
     full = Record()
     trainer(tmp_path / "full", max_epochs=3, callbacks=[full]).fit(mlp(), ndigits())
     trainer(tmp_path / "part", max_epochs=2).fit(mlp(), ndigits())
