@@ -382,13 +382,26 @@ def _expected_member_bytes(manifest: dict[str, Any]) -> int:
     return total + MAX_MANIFEST_BYTES + 8  # the arrays plus the safetensors header and its length
 
 
+# What zipfile raises for a damaged archive. Besides its own errors: a flipped flag bit can mark a member
+# encrypted (RuntimeError: password required) or its name UTF-8 (UnicodeDecodeError).
+_DAMAGED_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    UnicodeDecodeError,
+)
+
+
 def _load_marble(path: Path) -> Graph:
     try:
         with zipfile.ZipFile(path) as z:
             manifest = _parse_json(_read_member(z, MANIFEST, MAX_MANIFEST_BYTES), MANIFEST)
             check_header(manifest)
             arrays = read_safetensors(_read_stored(path, z, ARRAYS, _expected_member_bytes(manifest)))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
+    except _DAMAGED_ZIP_ERRORS as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise MarbleFormatError(f"{path} is not a readable MARBLE archive ({type(e).__name__}: {e})") from e

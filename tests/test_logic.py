@@ -89,6 +89,9 @@ def _outputs_and_grads(layer: LogicLayer, x: torch.Tensor, upstream: torch.Tenso
 def test_fast_equals_16_output_formulation(
     implementation, in_dim, extra, batch, seed, grad_factor, training, dtype, connections
 ):
+    """Outputs and gradients agree with the 16-output formulation: to 1e-6 in float64; to 1e-5 in float32, where
+    an input's gradient sums up to 2·out_dim terms in another order and rounds at a few 1e-6."""
+    tolerance = 1e-6 if dtype == torch.float64 else 1e-5
     out_dim = (in_dim + 1) // 2 + extra
     if connections == "unique" and (in_dim < 2 or out_dim > in_dim * (in_dim - 1) // 2):
         connections = "random"
@@ -105,7 +108,7 @@ def test_fast_equals_16_output_formulation(
         if want is None:
             assert got is None or not got.any()
         else:
-            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize("implementation", FOUR_COEFFICIENT)
