@@ -93,7 +93,7 @@ def test_growth_and_pruning_keep_counts_and_modes_consistent(steps, seed):
         ei, w = g.edge_index()
         assert ei.shape[1] == g.num_synapses() == sum(r["synapses"] for r in g.summary().rows)
         assert g.num_neurons() == sum(r["neurons"] for r in g.summary().rows)
-        assert ei.max() < g.num_neurons()
+        assert ei.numel() == 0 or ei.max() < g.num_neurons()  # the neurons add_neurons adds have no synapses
         torch.testing.assert_close(run(g, x, mode="compact"), run(g, x, mode="synapse"), rtol=1e-5, atol=1e-5)
     with tempfile.TemporaryDirectory() as d:  # a grown and pruned graph saves and loads exactly
         again = load(save(g, Path(d) / "grown.marble"))
