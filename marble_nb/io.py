@@ -15,6 +15,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     return path
 
 # %% ../nbs/04_io.ipynb #9cf84305
-def _array_meta(t: Tensor) -> dict[str, Any]:
-    "dtype, shape and sha256 of a contiguous CPU tensor's bytes."
-    return dict(dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape), sha256=_sha256(t))
+def _array_meta(t: Tensor, sha256: str) -> dict[str, Any]:
+    "dtype, shape and the sha256 of a contiguous CPU tensor's bytes, as the manifest lists them."
+    return dict(dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape), sha256=sha256)
 
 
 def _sha256(t: Tensor) -> str:
     return hashlib.sha256(_tensor_view(t)).hexdigest()
+
+
+_PARALLEL_HASH_BYTES = 1 << 20  # below this, starting threads costs more than hashing on one
+
+
+def _sha256_all(arrays: dict[str, Tensor]) -> dict[str, str]:
+    """The sha256 of every array. hashlib releases the GIL while it hashes a large buffer, so the arrays of a big
+    graph are hashed on several threads at once, largest first (one hash cannot be split: the largest array bounds
+    the time). Saving and loading each hash every array once: on one thread that was a third of their time for the
+    MLP of benchmarks/graph_memory.py."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cores, len(arrays), 8)
+    if workers < 2 or sum(t.numel() * t.element_size() for t in arrays.values()) < _PARALLEL_HASH_BYTES:
+        return {name: _sha256(t) for name, t in arrays.items()}
+    largest_first = sorted(arrays, key=lambda name: -arrays[name].numel() * arrays[name].element_size())
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(zip(largest_first, pool.map(_sha256, (arrays[name] for name in largest_first)), strict=True))
 
 
 def _tensor_view(t: Tensor) -> memoryview:
@@ -119,6 +137,7 @@ def graph_to_manifest(graph: Graph) -> tuple[dict[str, Any], dict[str, Tensor]]:
         connections.append(
             dict(src=c.src, dst=c.dst, slot=c.slot, op=type(c.op).__name__, settings=_jsonable(settings), tensors=refs)
         )
+    digests = _sha256_all(table.arrays)
     manifest = dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -131,7 +150,7 @@ def graph_to_manifest(graph: Graph) -> tuple[dict[str, Any], dict[str, Tensor]]:
             groups=groups,
             connections=connections,
         ),
-        arrays={name: _array_meta(t) for name, t in table.arrays.items()},
+        arrays={name: _array_meta(t, digests[name]) for name, t in table.arrays.items()},
     )
     manifest["graph_sha256"] = _structure_hash(manifest["graph"])
     return manifest, table.arrays
@@ -205,7 +224,9 @@ def check_arrays(manifest: dict[str, Any], arrays: dict[str, Tensor]) -> None:
             raise MarbleFormatError(
                 f"array {name!r} is {str(t.dtype).removeprefix('torch.')}{list(t.shape)}, the manifest says {dtype}{shape}"
             )
-        if _sha256(t) != _field(meta, "sha256", str, where):
+        _field(meta, "sha256", str, where)
+    for name, digest in _sha256_all(arrays).items():
+        if digest != listed[name]["sha256"]:
             raise MarbleFormatError(f"array {name!r} fails its sha256 check: the file was modified or damaged")
 
 

@@ -115,6 +115,23 @@ def test_tampered_weight_fails_checksum(good_file, tmp_path):
         load(rewrite(good_file, tmp_path / "t.marble", arrays_edit=flip_last))
 
 
+def test_large_graph_hashed_on_threads_round_trips_and_detects_a_flipped_byte(tmp_path):
+    "Above 1 MB of arrays the checksums are computed on several threads: same digests, same detection."
+    torch.manual_seed(0)
+    b = GraphBuilder("large")
+    h = b.linear(b.input(600), torch.randn(500, 600), torch.randn(500), activation="relu")
+    g = b.output(b.linear(h, torch.randn(300, 500), torch.randn(300)))
+    _, arrays = mio.graph_to_manifest(g)
+    assert sum(t.numel() * t.element_size() for t in arrays.values()) > mio._PARALLEL_HASH_BYTES
+    assert mio._sha256_all(arrays) == {name: mio._sha256(t) for name, t in arrays.items()}
+    path = save(g, tmp_path / "large.marble")
+    x = torch.rand(4, 600)
+    assert torch.equal(run(load(path), x), run(g, x))
+    flip_middle = lambda a: a[: len(a) // 2] + bytes([a[len(a) // 2] ^ 0x01]) + a[len(a) // 2 + 1 :]
+    with pytest.raises(MarbleFormatError, match="fails its sha256 check"):
+        load(rewrite(path, tmp_path / "flipped.marble", arrays_edit=flip_middle))
+
+
 @pytest.mark.parametrize(
     "members, message",
     [
