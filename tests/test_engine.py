@@ -120,19 +120,28 @@ def test_modes_agree_in_float32(data):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
-def test_recurrent_stepping_equals_unrolled_computation():
-    torch.manual_seed(0)
+def tanh_rnn(seed: int, readout: bool) -> tuple[Graph, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A 2-input, 3-unit tanh RNN cell whose state `h_prev` carries `h`, with a 1-unit linear readout `y` as its
+    output when `readout` (else `h` is the output); returns the graph and its input, recurrent and readout weights."""
+    torch.manual_seed(seed)
     g = Graph("rnn")
     g.add_input("x", 2)
     g.add_input("h_prev", 3)
     g.add_group("h", 3, "tanh", bias=torch.randn(3))
-    g.add_group("y", 1)
-    w_x, w_h, w_y = torch.randn(3, 2), torch.randn(3, 3), torch.randn(1, 3)
+    w_x, w_h = torch.randn(3, 2), torch.randn(3, 3)
+    w_y = torch.randn(1, 3) if readout else None
     g.connect("x", "h", Dense(w_x))
     g.connect("h_prev", "h", Dense(w_h))
-    g.connect("h", "y", Dense(w_y))
-    g.set_outputs("y")
+    if readout:
+        g.add_group("y", 1)
+        g.connect("h", "y", Dense(w_y))
+    g.set_outputs("y" if readout else "h")
     set_state(g, {"h_prev": "h"})
+    return g, w_x, w_h, w_y
+
+
+def test_recurrent_stepping_equals_unrolled_computation():
+    g, w_x, w_h, w_y = tanh_rnn(seed=0, readout=True)
     seq = torch.randn(4, 6, 2)
     h, unrolled = torch.zeros(4, 3), []
     for t in range(6):
@@ -198,15 +207,7 @@ def test_plans_read_weights_at_call_time():
 
 
 def test_runner_scan_equals_steps():
-    torch.manual_seed(2)
-    g = Graph("scan")
-    g.add_input("x", 2)
-    g.add_input("h_prev", 3)
-    g.add_group("h", 3, "tanh", bias=torch.randn(3))
-    g.connect("x", "h", Dense(torch.randn(3, 2)))
-    g.connect("h_prev", "h", Dense(torch.randn(3, 3)))
-    g.set_outputs("h")
-    set_state(g, {"h_prev": "h"})
+    g, *_ = tanh_rnn(seed=2, readout=False)
     seq = torch.randn(7, 4, 2)  # time-major
     for mode in MODES:
         stepper, scanner = Runner(g, mode=mode), Runner(g, mode=mode)
