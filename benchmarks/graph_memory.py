@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _measure import median_time
+from _measure import median_times
 
 from marble_nb.graph import GraphBuilder
 from marble_nb.io import load, save
@@ -54,8 +54,7 @@ def main() -> None:
             save(graph, mb)
             load(mb)
 
-        t_torch = median_time(torch_round_trip, REPEATS)
-        t_marble = median_time(marble_round_trip, REPEATS)
+        t_torch, t_marble = median_times([torch_round_trip, marble_round_trip], REPEATS)  # in turns, as elsewhere
     rows.append(("save+load .marble / torch.save+torch.load", t_marble / t_torch, 2.0))
     print(f"MLP 784-512-512-10: {graph.num_synapses():,} synapses, {param_bytes:,} parameter bytes")
     print(f"explicit graph {explicit.nbytes():,} B, compact graph {graph.nbytes():,} B")
