@@ -42,7 +42,7 @@ def _as_input(graph: Graph, name: str, x: Any, device: torch.device | None) -> T
 # %% ../nbs/03_engine.ipynb #38ef324d
 def state_inputs(graph: Graph) -> dict[str, str]:
     "The graph's state map: state input group -> group whose value it takes at the next step."
-    return dict(graph.metadata.get("recurrent_state", {}))
+    return dict(graph.metadata.get("recurrent_state") or {})
 
 
 def set_state(graph: Graph, mapping: dict[str, str]) -> None:
@@ -59,7 +59,7 @@ def set_state(graph: Graph, mapping: dict[str, str]) -> None:
 
 def _bind(graph: Graph, inputs: tuple, state: dict[str, Tensor] | None, device: Any) -> dict[str, Tensor]:
     "Every graph input as a tensor: positional inputs for ordinary inputs, `state` (or zeros) for state inputs."
-    states = graph.metadata.get("recurrent_state") or {}
+    states = state_inputs(graph)
     if state and not states:
         raise GraphError(f"Graph {graph.name!r} has no recurrent state; do not pass state=")
     if len(inputs) != len(graph.inputs) - len(states):
@@ -254,7 +254,7 @@ class _Plan:
         return (
             self.version == graph.version
             and self.outputs == graph.outputs
-            and self.state == (graph.metadata.get("recurrent_state") or {})
+            and self.state == state_inputs(graph)
             and all(KINDS.get(name) is kind for name, kind in self.kinds.items())
         )
 
@@ -291,7 +291,7 @@ def _plan(graph: Graph, mode: str, fuse: bool) -> _Plan:
     plans = graph.__dict__.setdefault("_plans", {})
     plan = plans.get((mode, fuse))
     if plan is None or not plan.valid_for(graph):
-        _check_kinds(graph)
+        kinds = _registered_kinds(graph)
         blocks = _blocks(graph) if fuse else {}
         inside = {n for placed in blocks.values() for b in placed for n in b.groups}
         fused = _fusions(graph, inside) if fuse else {}
@@ -302,19 +302,20 @@ def _plan(graph: Graph, mode: str, fuse: bool) -> _Plan:
             + [(b.results, b.step) for b in blocks.get(i, [])]
             for i, level in enumerate(_levels(graph))
         ]
-        kinds = {g.kind: get_kind(g.kind) for g in graph.groups.values()}
-        state = dict(graph.metadata.get("recurrent_state") or {})
-        plans[(mode, fuse)] = plan = _Plan(graph.version, list(graph.outputs), state, kinds, levels)
+        plans[(mode, fuse)] = plan = _Plan(graph.version, list(graph.outputs), state_inputs(graph), kinds, levels)
     return plan
 
 
-def _check_kinds(graph: Graph) -> None:
-    "Fail before computing if a group's kind is not registered here (e.g. a graph made where a user kind existed)."
+def _registered_kinds(graph: Graph) -> dict[str, NeuronKind]:
+    """Each kind the graph's groups use, by name; fails before computing if one is not registered here (e.g. a graph
+    made where a user kind existed)."""
+    kinds = {}
     for group in graph.groups.values():
         try:
-            get_kind(group.kind)
+            kinds[group.kind] = get_kind(group.kind)
         except UnknownKindError as e:
             raise UnknownKindError(f"group {group.name!r}: {e}") from None
+    return kinds
 
 
 def _levels(graph: Graph) -> list[list[str]]:
@@ -499,10 +500,11 @@ class Runner:
             )
         length, batch = sequences[0].shape[:2]
         first = self.step(*(s[length - 1 if reverse else 0] for s in sequences))  # checks shapes, binds the state
-        plain = [n for n in self.graph.inputs if n not in (self.graph.metadata.get("recurrent_state") or {})]
+        plan = _plan(self.graph, self.mode, fuse=True)
+        plain = [n for n in self.graph.inputs if n not in plan.state]
         steps = [_as_input(self.graph, n, s.flatten(0, 1), self.device).unflatten(0, (length, batch)).unbind()
                  for n, s in zip(plain, sequences, strict=True)]  # fmt: skip
-        plan, outs = _plan(self.graph, self.mode, fuse=True), [first] * length
+        outs = [first] * length
         for t in range(length - 2, -1, -1) if reverse else range(1, length):
             values = dict(self.state)
             for name, seq in zip(plain, steps, strict=True):
@@ -520,8 +522,7 @@ class MarbleModule(nn.Module):
 
     def __init__(self, graph: Graph, mode: str = "compact"):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+        _check_mode(mode)
         self.graph, self.mode = graph.copy(), mode
         self._slots: list[tuple[Any, str, str, str]] = []  # (owner, kind of owner, field, registered name)
         for i, c in enumerate(self.graph.connections):
