@@ -20,6 +20,7 @@ from marble_nb.convert import (
     ConversionError,
     Context,
     Value,
+    _leaves,
     batch_anywhere,
     register_function,
     register_method,
@@ -594,14 +595,10 @@ def _index_op(fn_of_call):
 
     @batch_anywhere  # gather follows the batch dim wherever the call moves it
     def convert(ctx: Context, call: Call) -> Value:
-        sources = [v for v in _flat(ctx.resolve(call.args)) if isinstance(v, Value)]
+        sources = [v for v in _leaves(ctx.resolve(call.args)) if isinstance(v, Value)]
         return ctx.gather(sources, fn_of_call(ctx, call, sources))
 
     return convert
-
-
-def _flat(a: Any) -> list[Any]:
-    return [y for x in a for y in _flat(x)] if isinstance(a, (list, tuple)) else [a]
 
 
 def _replay(ctx: Context, call: Call, sources: list[Value]):

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from .datamodule import EventDataModule
-from .datasets import make_ndigits, write_atomic
+from .datasets import make_ndigits
 from .engine import run
 from .events import FrameConfig
 from .graph import Graph
-from .io import save
+from .io import atomic_write, save
 from .logic_compile import compile_logic, logic_to_marble
 from .models import DiffLogicNet
 
@@ -220,7 +220,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), resume: bool = False) -> DemoReport
     files = export_all(network, graph, frames, cfg.out_dir)
     lap("export")
     report = DemoReport(asdict(cfg), test, check, files, seconds, repr(graph.summary()))
-    write_atomic(Path(cfg.out_dir) / "report.json", json.dumps(asdict(report), indent=1).encode())
+    text = json.dumps(asdict(report), indent=1)
+    atomic_write(Path(cfg.out_dir) / "report.json", lambda f: f.write(text), mode="w")
     return report
 
 # %% ../nbs/60_demo.ipynb #7c0daf6e

@@ -13,6 +13,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
+from .io import atomic_write
 from .train import Classifier, load_checkpoint, make_trainer
 
 # %% auto #0
@@ -115,11 +116,7 @@ def write_configs(folder: str | os.PathLike = "configs") -> list[Path]:
             path = Path(folder) / dataset / f"{model}.yaml"
             header = (f"# {model} on {dataset}: marble-train fit --config {path.as_posix()}\n"
                       "# Written by marble_nb.train_cli.write_configs; override keys on the command line or copy the file.\n")  # fmt: skip
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(
-                header + yaml.safe_dump(train_config(dataset, model), sort_keys=False, default_flow_style=None)
-            )
-            os.replace(tmp, path)
+            text = header + yaml.safe_dump(train_config(dataset, model), sort_keys=False, default_flow_style=None)
+            atomic_write(path, lambda f, text=text: f.write(text), mode="w")
             paths.append(path)
     return paths
