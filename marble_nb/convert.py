@@ -709,8 +709,9 @@ class Context:
         if bias is not None:  # a dry run's builder keeps only the shape: nothing to move
             self.builder.bias(group, bias if self.dry_run else bias.detach().to(self.device))
 
-    def result(self, group: str) -> Value:
-        return Value(group, self.graph.groups[group].shape)
+    def result(self, group: str, batch: int = 0) -> Value:
+        "The Value a converter returns for `group`: its shape, with the batch in PyTorch's dim `batch`."
+        return Value(group, self.graph.groups[group].shape, batch)
 
     # -- common patterns --------------------------------------------------------------------------
     def elementwise(self, x: Value, kind: str, attrs: dict | None = None, params: dict | None = None) -> Value:

@@ -24,7 +24,7 @@ from marble_nb.convert import (
     register_function,
     register_module,
 )
-from .convert_embed import PerPosition, Rearrange, own_origins
+from .convert_embed import PerPosition, Rearrange, own_origins, rearranged_factors
 from .engine import register_fusion, run
 from .graph import Connection, Graph
 from .kinds import register_kind
@@ -80,14 +80,8 @@ def contract_last(a: Tensor, b: Tensor) -> Tensor:
 def _fuse_product_sum(graph: Graph, conn: Connection) -> Callable | None:
     "A bias-free `prod` group of two rearranged factors read only through a SumLast: their contraction."
     prod = graph.groups[conn.src]
-    factors = graph.incoming(prod.name)
-    fits = (
-        isinstance(conn.op, SumLast)
-        and prod.kind == "prod"
-        and prod.bias is None
-        and len(factors) == 2
-        and all(isinstance(f.op, Rearrange) and f.op.expand == prod.shape for f in factors)
-    )
+    factors = rearranged_factors(graph, prod.name)
+    fits = isinstance(conn.op, SumLast) and factors is not None and all(f.op.expand == prod.shape for f in factors)
     if not fits:
         return None
     a, b = factors
@@ -721,7 +715,7 @@ def _convert_mha(ctx: Context, call: Call) -> tuple[Value, Value | None]:
     mask = _constant_mask(ctx.param(5, "attn_mask"), call.path)
     att = add_multihead_attention(ctx.graph, q, k, v, mha, name, mask, pad)
     own_origins(ctx.graph, before, att.out, call.path)
-    out = Value(att.out, ctx.graph.groups[att.out].shape, _sequence_batch(mha))
+    out = ctx.result(att.out, _sequence_batch(mha))
     if not ctx.param(4, "need_weights", True):
         return out, None
     weights = (
@@ -750,7 +744,7 @@ def _convert_transformer(ctx: Context, call: Call) -> Value:
     pads = {p: _padding_group(ctx, values.get(p), f"{name}.{p}") for p, _ in sig.paddings}
     out = _body(module, ctx.graph, seqs, masks, pads, name)
     own_origins(ctx.graph, before, out, call.path)
-    return Value(out, ctx.graph.groups[out].shape, _sequence_batch(module))
+    return ctx.result(out, _sequence_batch(module))
 
 
 @register_function(F.scaled_dot_product_attention)

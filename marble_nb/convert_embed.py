@@ -13,14 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from .convert import Call, ConversionError, Context, Value, batch_anywhere, register_module
-from .engine import register_accumulator, register_fusion
+from .engine import _add_weighted_sum, register_accumulator, register_fusion
 from .graph import Connection, Graph
 from .kinds import get_kind, register_kind
 from .ops import DEFAULT_CHUNK, Gather, Operator, ShapeError, Sparse, Synapses, numel
 
 # %% auto #0
-__all__ = ['PerPosition', 'Rearrange', 'add_onehot', 'renormed_table', 'embedding_attrs', 'add_embedding', 'convert_embedding',
-           'add_embedding_bag', 'bag_inputs', 'convert_embedding_bag', 'own_origins']
+__all__ = ['PerPosition', 'Rearrange', 'rearranged_factors', 'add_onehot', 'renormed_table', 'embedding_attrs', 'add_embedding',
+           'convert_embedding', 'add_embedding_bag', 'bag_inputs', 'convert_embedding_bag', 'own_origins']
 
 # %% ../nbs/14_convert_embed.ipynb #654d4918
 @dataclass(eq=False)
@@ -162,27 +162,35 @@ class Rearrange(Operator):
 def _rearrange_accumulate(op: Rearrange, x: Tensor, acc: Tensor | None, src_shape: tuple, dst_shape: tuple) -> Tensor:
     "A plain copy or slice added to the sum with its weight as `alpha`: one kernel, no weighted copy."
     if acc is None or not op._plain:
-        term = op.weighted_sum(x, src_shape, dst_shape)
-        return term if acc is None else acc + term
+        return _add_weighted_sum(op, x, acc, src_shape, dst_shape)
     return torch.add(acc, op.plain_view(x, dst_shape), alpha=op._scalar)
+
+
+def rearranged_factors(graph: Graph, group: str) -> list[Connection] | None:
+    "The two `Rearrange` connections into `group` when it is a bias-free `prod` of exactly those, else None."
+    prod, factors = graph.groups[group], graph.incoming(group)
+    fits = (
+        prod.kind == "prod"
+        and prod.bias is None
+        and len(factors) == 2
+        and all(isinstance(f.op, Rearrange) for f in factors)
+    )
+    return factors if fits else None
 
 
 @register_fusion
 def _fuse_product_into_sum(graph: Graph, conn: Connection) -> Callable | None:
     "A `prod` group of two rearranged factors, read whole and one-to-one by a `sum` group: one addcmul there."
     prod, dst = graph.groups[conn.src], graph.groups[conn.dst]
-    factors = graph.incoming(prod.name)
+    factors = rearranged_factors(graph, prod.name)
     fits = (
-        prod.kind == "prod"
-        and prod.bias is None
+        factors is not None
         and dst.shape == prod.shape
         and get_kind(dst.kind).aggregate == "sum"
         and get_kind(dst.kind).slots == 1
         and isinstance(conn.op, Rearrange)
         and conn.op._plain
         and not conn.op.start  # the whole product group, one-to-one
-        and len(factors) == 2
-        and all(isinstance(f.op, Rearrange) for f in factors)
     )
     if not fits:
         return None
@@ -437,7 +445,7 @@ def _convert_embedding(ctx: Context, call: Call) -> Value:
     before = set(ctx.graph.groups)
     out = add_embedding(ctx.graph, ctx.source(ids), call.module, ctx.name())
     own_origins(ctx.graph, before, out, call.path)
-    return Value(out, ctx.graph.groups[out].shape, ids.batch)  # a lookup per position: the batch stays where it is
+    return ctx.result(out, ids.batch)  # a lookup per position: the batch stays where it is
 
 
 @register_module(nn.EmbeddingBag)

@@ -761,8 +761,8 @@ def _convert_rnn(ctx: Context, call: Call) -> tuple[Value, Value | tuple[Value, 
     before = set(ctx.graph.groups)
     out, final = add_recurrent(ctx.graph, ctx.source(x), module, ctx.name())
     own_origins(ctx.graph, before, out, call.path)
-    output = Value(out, ctx.graph.groups[out].shape, batch=0 if module.batch_first else 1)
-    h, c = (Value(final[k], ctx.graph.groups[final[k]].shape, batch=1) if k in final else None for k in "hc")
+    output = ctx.result(out, batch=0 if module.batch_first else 1)
+    h, c = (ctx.result(final[k], batch=1) if k in final else None for k in "hc")
     return output, h if c is None else (h, c)
 
 
