@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _torch_module
 from torch.overrides import TorchFunctionMode
 
-from .graph import Graph, GraphBuilder, GraphSummary, summary
+from .graph import _META, Graph, GraphBuilder, GraphSummary, summary
 from .ops import Gather, Operator
 
 log = logging.getLogger("marble_nb")
@@ -590,7 +590,7 @@ class ConvertConfig:
         return getattr(torch, self.dtype)
 
 
-_META, _CPU = torch.device("meta"), torch.device("cpu")
+_CPU = torch.device("cpu")
 
 
 def _shapes_only(op: Operator) -> Operator:

@@ -18,11 +18,12 @@ from .kinds import KINDS, NeuronKind, UnknownKindError, get_kind
 from .ops import REDUCE_IDENTITY, SCATTER_REDUCE, Dense, Sparse, numel
 
 MODES = ("compact", "synapse")
+RUN_CHUNK = 1 << 24  # synapse mode: default bound on batch × synapses per gather
 
 # %% auto #0
-__all__ = ['MODES', 'Accumulator', 'ACCUMULATORS', 'Step', 'Accumulate', 'Fusion', 'FUSIONS', 'BlockStep', 'BlockFusion',
-           'BLOCK_FUSIONS', 'Hook', 'state_inputs', 'set_state', 'register_accumulator', 'register_fusion', 'Block',
-           'register_block_fusion', 'run_all', 'run', 'Runner', 'MarbleModule']
+__all__ = ['MODES', 'RUN_CHUNK', 'Accumulator', 'ACCUMULATORS', 'Step', 'Accumulate', 'Fusion', 'FUSIONS', 'BlockStep',
+           'BlockFusion', 'BLOCK_FUSIONS', 'Hook', 'state_inputs', 'set_state', 'register_accumulator',
+           'register_fusion', 'Block', 'register_block_fusion', 'run_all', 'run', 'Runner', 'MarbleModule']
 
 # %% ../nbs/03_engine.ipynb #754195a7
 def _as_input(graph: Graph, name: str, x: Any, device: torch.device | None) -> Tensor:
@@ -414,7 +415,7 @@ def run_all(
     mode: str = "compact",  # "compact" (PyTorch kernels) or "synapse" (message passing)
     state: dict[str, Tensor] | None = None,  # values of the state inputs (default: zeros)
     device: Any = None,  # where to compute; default: the first input's device
-    chunk: int = 1 << 24,  # synapse mode: bound on batch × synapses per gather
+    chunk: int = RUN_CHUNK,  # synapse mode: bound on batch × synapses per gather
     hook: Hook | None = None,  # called after each level as hook(graph, level, values); may grow the graph
 ) -> dict[str, Tensor]:
     "Execute `graph` and return the value of every group, batch-first (for validation and inspection)."
@@ -433,7 +434,7 @@ def run(
     mode: str = "compact",  # "compact" (PyTorch kernels) or "synapse" (message passing)
     state: dict[str, Tensor] | None = None,  # recurrent graphs: state from the previous call (default zeros)
     device: Any = None,  # where to compute; default: the first input's device
-    chunk: int = 1 << 24,  # synapse mode: bound on batch × synapses per gather
+    chunk: int = RUN_CHUNK,  # synapse mode: bound on batch × synapses per gather
     hook: Hook | None = None,  # called after each level; may add neurons/synapses to later levels
 ) -> Tensor | tuple[Tensor, ...] | tuple[Any, dict[str, Tensor]]:
     "Execute `graph`; returns its output(s), and for a recurrent graph `(outputs, new_state)`."
@@ -509,7 +510,7 @@ class Runner:
             values = dict(self.state)
             for name, seq in zip(plain, steps, strict=True):
                 values[name] = seq[t]
-            outs[t], self.state = _results(plan, _execute(plan, values, batch, 1 << 24))
+            outs[t], self.state = _results(plan, _execute(plan, values, batch, RUN_CHUNK))
         return outs
 
     def reset(self) -> None:
