@@ -372,10 +372,16 @@ Graph.__repr__ = _graph_repr
 Graph._repr_html_ = lambda self: self.summary()._repr_html_()
 
 # %% ../nbs/02_graph.ipynb #81e89a0b
+def _as_sparse(graph: Graph, conn: Connection) -> Sparse:
+    "`conn`'s synapses as an explicit (CSR) operator, leaving `conn` as it is."
+    if isinstance(conn.op, Sparse):
+        return conn.op
+    return conn.op.materialize(graph.groups[conn.src].shape, graph.groups[conn.dst].shape)
+
+
 def _explicit_connection(graph: Graph, conn: Connection) -> Sparse:
     "Make `conn` explicit in place (same synapses, stored as CSR) and return its Sparse operator."
-    if not isinstance(conn.op, Sparse):
-        conn.op = conn.op.materialize(graph.groups[conn.src].shape, graph.groups[conn.dst].shape)
+    conn.op = _as_sparse(graph, conn)
     return conn.op
 
 
@@ -489,9 +495,7 @@ def prune_synapses(graph: Graph, threshold: float = 0.0, groups: list[str] | Non
         stored = [t for t in c.op.tensors().values() if t.is_floating_point()]
         if not any(bool((t.abs() <= threshold).any()) for t in stored):
             continue  # weightless operators (pooling windows) have fixed positive weights
-        op = (
-            c.op if isinstance(c.op, Sparse) else c.op.materialize(graph.groups[c.src].shape, graph.groups[c.dst].shape)
-        )
+        op = _as_sparse(graph, c)
         keep = op.weight.abs() > threshold
         if bool(keep.all()):
             continue
