@@ -648,10 +648,7 @@ def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> tupl
                 bindings.update({k: (v, None) for k, v in state.items()})
                 names = graft_graph(graph, step, f"{tag}.t{t}", bindings)
                 state = {k: names[new] for k, new in state_inputs(cell).items()}
-                h = graph.group(state["h"]).size
-                index = torch.full((length, width), -1, dtype=torch.long)
-                index[t, direction * h : (direction + 1) * h] = torch.arange(h)
-                graph.connect(state["h"], layer_out, Gather(index.reshape(-1), torch.tensor(1.0)))
+                _connect_into_row(graph, state["h"], layer_out, t, col=direction * graph.group(state["h"]).size)
             for k in finals:
                 finals[k].append(state[k])
         layer_in = layer_out
@@ -660,13 +657,19 @@ def add_recurrent(graph: Graph, src: str, module: nn.RNNBase, name: str) -> tupl
 
 def _stack_rows(graph: Graph, rows: list[str], name: str, origin: str) -> str:
     "A group (len(rows), size) whose row i is group rows[i] — PyTorch's h_n / c_n, one row per layer and direction."
-    size = graph.group(rows[0]).size
-    graph.add_group(name, (len(rows), size), origin=origin)
+    graph.add_group(name, (len(rows), graph.group(rows[0]).size), origin=origin)
     for i, row in enumerate(rows):
-        index = torch.full((len(rows), size), -1, dtype=torch.long)
-        index[i] = torch.arange(size)
-        graph.connect(row, name, Gather(index.reshape(-1), torch.tensor(1.0)))
+        _connect_into_row(graph, row, name, i)
     return name
+
+
+def _connect_into_row(graph: Graph, src: str, dst: str, row: int, col: int = 0) -> None:
+    "Connect group `src` one-to-one into row `row` of the 2-D group `dst`, from column `col` on."
+    rows, width = graph.group(dst).shape
+    size = graph.group(src).size
+    index = torch.full((rows, width), -1, dtype=torch.long)
+    index[row, col : col + size] = torch.arange(size)
+    graph.connect(src, dst, Gather(index.reshape(-1), torch.tensor(1.0)))
 
 # %% ../nbs/15_convert_recurrent.ipynb #5193b020
 def _prefix(layer: int, direction: int) -> str:
